@@ -1,0 +1,156 @@
+"""The flat configuration of one federated run, shared by the ServerApp, the ClientApp and the
+inline engine.
+
+It is the single translation point between a harness scenario cell and Flower's ``run_config``
+(flat, scalar values, kebab-case keys: ``--run-config "aggregator='krum' rounds=3"``).
+Dict-valued fields (``aggregator_params``, ``attack_params``) travel as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A run configuration key or value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data and task
+    dataset: str = "digits"
+    data_root: str = ""
+    partition: str = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration
+    q: float = 0.5  # Fang/FLTrust bias probability
+    shards_per_client: int = 2
+    min_partition_size: int = 2
+    model: str = "mlp"
+    # federation
+    num_clients: int = 20
+    clients_per_round: int = 0  # 0 = every client, every round
+    rounds: int = 5
+    # local training (local_steps > 0 wins over local_epochs)
+    local_steps: int = 0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    # server
+    server_lr: float = 1.0
+    aggregator: str = "fedavg"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    root_size: int = 100  # FLTrust root dataset |D0|; used only by rules that need a reference
+    # adversary
+    attack: str = "none"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    malicious_fraction: float = 0.0
+    num_malicious: int = -1  # >= 0 overrides malicious_fraction
+    # bookkeeping
+    seed: int = 0
+    eval_every: int = 1
+    output_dir: str = ""  # ledger, checkpoints and per-round metrics go here when set
+
+    def __post_init__(self) -> None:
+        positive = ("num_clients", "rounds", "batch_size", "eval_every")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("local_steps", "local_epochs", "clients_per_round", "root_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.local_steps == 0 and self.local_epochs == 0:
+            raise ConfigError("one of local_steps or local_epochs must be > 0")
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
+            )
+        if not 0.0 <= self.malicious_fraction < 1.0:
+            raise ConfigError(f"malicious_fraction must be in [0, 1), got {self.malicious_fraction}")
+        if self.num_malicious >= self.num_clients:
+            raise ConfigError(
+                f"num_malicious={self.num_malicious} must be < num_clients={self.num_clients}"
+            )
+        if self.lr <= 0 or self.server_lr <= 0:
+            raise ConfigError("lr and server_lr must be > 0")
+
+    # --- derived -------------------------------------------------------------------------
+    @property
+    def malicious_count(self) -> int:
+        if self.attack == "none":
+            return 0
+        if self.num_malicious >= 0:
+            return self.num_malicious
+        return int(round(self.malicious_fraction * self.num_clients))
+
+    def malicious_ids(self) -> list[int]:
+        """Partition ids of the malicious clients: fixed for the run, chosen by the seed."""
+        rng = np.random.default_rng([self.seed, 0x6D616C])  # "mal"
+        chosen = rng.choice(self.num_clients, size=self.malicious_count, replace=False)
+        return sorted(int(i) for i in chosen)
+
+    def with_updates(self, **changes: Any) -> RunConfig:
+        return replace(self, **changes)
+
+    # --- Flower run_config ---------------------------------------------------------------
+    def to_flower(self) -> dict[str, bool | int | float | str]:
+        """Flat kebab-case dict of scalars, as Flower's ``run_config`` holds it."""
+        out: dict[str, bool | int | float | str] = {}
+        for key, value in asdict(self).items():
+            out[key.replace("_", "-")] = json.dumps(value) if isinstance(value, dict) else value
+        return out
+
+    @classmethod
+    def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:
+        """Parse a Flower ``run_config``; keys that are not fields are ignored (an app may add its
+        own), bad values raise :class:`ConfigError` naming the key."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, value in run_config.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                continue
+            values[key] = _coerce(key, value, cls.__dataclass_fields__[key].default)
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Strict construction from snake_case keys: unknown keys are errors."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown run config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**{k: _coerce(k, v, cls.__dataclass_fields__[k].default) for k, v in data.items()})
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if key in ("aggregator_params", "attack_params"):
+        if isinstance(value, dict):
+            return dict(value)
+        try:
+            parsed = json.loads(value) if value not in ("", None) else {}
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{key} must be a JSON object, got {value!r}: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{key} must be a JSON object, got {value!r}")
+        return parsed
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be a boolean, got {value!r}")
+    try:
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not an integer")
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r}") from None
