@@ -1,0 +1,59 @@
+"""The colluding adversary stage (simulation only, never part of a deployed server).
+
+It sits between the clients' replies and the aggregator, in both engines and in the simulation
+ServerApp: the malicious clients trained honestly, and the adversary rewrites their rows of the
+round's (n, d) update matrix with a :class:`~clients.attacks.base.ModelAttack`, knowing the benign
+rows only when the attack is omniscient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from clients.attacks.base import AttackError, ModelAttack
+
+
+def apply_model_attack(
+    updates: torch.Tensor,
+    malicious_mask: torch.Tensor,
+    attack: ModelAttack,
+    *,
+    aggregator: Callable[[torch.Tensor], Any] | None = None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Return a copy of ``updates`` (n, d) whose malicious rows are replaced by the attack's output.
+
+    ``malicious_mask`` (n,) bool marks the malicious rows; n and f = mask.sum() are passed to the
+    attack as ``num_clients`` and ``f``. The benign rows are passed only if
+    ``attack.knowledge == "omniscient"`` (an omniscient attack in a round without benign clients is
+    an :class:`AttackError`). ``aggregator`` (a callable ``rule(updates) -> Aggregation``) lets
+    adaptive attacks evaluate the real rule inside their search.
+    """
+    if not isinstance(attack, ModelAttack):
+        raise AttackError(f"apply_model_attack needs a model attack, got {type(attack).__name__}")
+    if not isinstance(updates, torch.Tensor) or updates.dim() != 2:
+        raise AttackError("updates must be a 2-D tensor (n, d)")
+    mask = torch.as_tensor(malicious_mask)
+    if mask.dtype != torch.bool or mask.shape != (updates.shape[0],):
+        raise AttackError(
+            f"malicious_mask must be a bool tensor of shape ({updates.shape[0]},), "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    out = updates.clone()
+    f = int(mask.sum())
+    if f == 0:
+        return out
+    benign = updates[~mask] if attack.knowledge == "omniscient" else None
+    if benign is not None and benign.shape[0] == 0:
+        raise AttackError(
+            f"attack {attack.name!r} is omniscient but the round has no benign update "
+            f"(all {f} clients are malicious)"
+        )
+    out[mask] = attack(
+        updates[mask], benign, aggregator=aggregator, num_clients=updates.shape[0], f=f,
+        generator=generator,
+    )
+    return out

@@ -1,0 +1,261 @@
+"""The attack contract shared by every data-poisoning and model-poisoning attack.
+
+Two kinds (DESIGN.md, "Attacks"):
+
+- :class:`DataAttack` (``kind = "data"``) runs inside a malicious client on its own data:
+  ``poison(x, y, generator) -> (x, y)`` before honest local training, then the resulting delta is
+  multiplied by ``boost`` (model replacement, Bagdasaryan et al. 2020). ``asr_inputs(test_x,
+  test_y)`` returns the test inputs on which the attack success rate is measured and the label that
+  counts as success, or ``None`` for untargeted attacks.
+- :class:`ModelAttack` (``kind = "model"``) rewrites the malicious clients' honest deltas:
+  ``attack(malicious (m, d), benign (b, d) | None, *, aggregator, num_clients, f, generator)``.
+  ``knowledge`` is ``"own"`` (only the malicious clients' own honest deltas are known) or
+  ``"omniscient"`` (every benign delta of the round is known as well).
+
+Convention for the *reference set* an attack estimates benign statistics from: with
+``knowledge="omniscient"`` it is every honest delta of the round the adversary knows — the benign
+rows **and** the malicious clients' own honest deltas (as in the official code of Fang et al. 2020
+and Shejwalkar & Houmansadr 2021, whose attackers also compute honest gradients); with
+``knowledge="own"`` it is the malicious rows alone (Fang's "partial knowledge", Shejwalkar's
+"unknown benign gradients").
+
+Attacks use only torch, take every random choice from the caller's ``torch.Generator`` and never
+return NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+KNOWLEDGE = ("own", "omniscient")
+
+
+class AttackError(ValueError):
+    """Bad attack name, parameter or input; the message names what was wrong and what is allowed."""
+
+
+class Attack:
+    """Base of both kinds: the constructor stores (validated) parameters."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters after validation (for ledgers and reports)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class DataAttack(Attack):
+    """Poisons a malicious client's own data; the trained delta is then scaled by ``boost``."""
+
+    kind: ClassVar[str] = "data"
+    boost: float = 1.0
+
+    def poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def asr_inputs(
+        self, test_x: torch.Tensor, test_y: torch.Tensor
+    ) -> tuple[torch.Tensor, int] | None:
+        """Inputs on which the attack success rate is measured and the label counting as success."""
+        return None
+
+
+class ModelAttack(Attack):
+    """Rewrites the malicious clients' honest deltas (m, d) into crafted deltas (m, d)."""
+
+    kind: ClassVar[str] = "model"
+    #: knowledge settings the attack supports; the first is the default.
+    supports: ClassVar[tuple[str, ...]] = ("own",)
+    knowledge: str = "own"
+
+    def __init__(self) -> None:
+        #: diagnostics of the last call (search results: gamma, lambda, iterations...).
+        self._last: dict[str, Any] = {}
+
+    @property
+    def last_diagnostics(self) -> dict[str, Any]:
+        return dict(self._last)
+
+    def _set_knowledge(self, knowledge: str) -> None:
+        if knowledge not in self.supports:
+            raise AttackError(
+                f"attack {self.name!r}: knowledge={knowledge!r} is not supported; "
+                f"allowed: {', '.join(self.supports)}"
+            )
+        self.knowledge = knowledge
+
+    def reference(self, malicious: torch.Tensor, benign: torch.Tensor | None) -> torch.Tensor:
+        """The honest deltas this attack may estimate benign statistics from (see module doc)."""
+        if self.knowledge == "own":
+            return malicious
+        if benign is None or benign.shape[0] == 0:
+            raise AttackError(
+                f"attack {self.name!r} with knowledge='omniscient' needs the benign updates of the "
+                "round, but none were given (no benign client in the round?)"
+            )
+        return torch.cat([benign, malicious], dim=0)
+
+    def __call__(
+        self,
+        malicious: torch.Tensor,
+        benign: torch.Tensor | None,
+        *,
+        aggregator: Callable[[torch.Tensor], Any] | None = None,
+        num_clients: int,
+        f: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        _check_matrix("malicious", malicious)
+        if malicious.shape[0] == 0:
+            return malicious.clone()
+        if benign is not None:
+            _check_matrix("benign", benign)
+            if benign.shape[1] != malicious.shape[1]:
+                raise AttackError(
+                    f"benign updates have d={benign.shape[1]}, malicious d={malicious.shape[1]}"
+                )
+        if self.knowledge == "omniscient":
+            self.reference(malicious, benign)  # raises the clear error when benign is missing
+        crafted = self.craft(
+            malicious, benign, aggregator=aggregator, num_clients=num_clients, f=f,
+            generator=generator,
+        )
+        if crafted.shape != malicious.shape:
+            raise AttackError(
+                f"attack {self.name!r} produced shape {tuple(crafted.shape)}, "
+                f"expected {tuple(malicious.shape)}"
+            )
+        if not torch.isfinite(crafted).all():
+            raise AttackError(f"attack {self.name!r} produced non-finite values")
+        return crafted.to(malicious.dtype)
+
+    def craft(
+        self,
+        malicious: torch.Tensor,
+        benign: torch.Tensor | None,
+        *,
+        aggregator: Callable[[torch.Tensor], Any] | None,
+        num_clients: int,
+        f: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Attack]] = {}
+
+
+def register(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: make ``cls`` available to ``create_attack`` under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"attack name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Attack]]:
+    return dict(_REGISTRY)
+
+
+def constructor_params(cls: type[Attack]) -> dict[str, Any]:
+    """Public constructor parameters of ``cls`` with their defaults (context args excluded)."""
+    sig = inspect.signature(cls.__init__)
+    out: dict[str, Any] = {}
+    for pname, p in sig.parameters.items():
+        if pname in ("self", *CONTEXT_ARGS) or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        out[pname] = None if p.default is inspect.Parameter.empty else p.default
+    return out
+
+
+#: arguments ``create_attack`` passes to constructors that accept them (not user parameters).
+CONTEXT_ARGS = ("num_classes", "low", "high", "num_clients", "num_malicious")
+
+
+# --- validation helpers (one place; messages name the parameter and the allowed values) ----
+
+
+def _check_matrix(label: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise AttackError(f"{label} updates must be a 2-D tensor (n, d), got {shape}")
+    if not t.is_floating_point():
+        raise AttackError(f"{label} updates must be floating point, got {t.dtype}")
+
+
+def check_fraction(attack: str, pname: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise AttackError(f"attack {attack!r}: {pname} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_positive(attack: str, pname: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok:
+        ok = value >= 0 if allow_zero else value > 0
+        ok = ok and float(value) != float("inf")
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise AttackError(
+            f"attack {attack!r}: {pname} must be a finite number {bound}, got {value!r}"
+        )
+    return float(value)
+
+
+def check_choice(attack: str, pname: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise AttackError(
+            f"attack {attack!r}: {pname}={value!r} is not allowed; allowed: {', '.join(allowed)}"
+        )
+    return value
+
+
+def check_label(attack: str, pname: str, value: Any, num_classes: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise AttackError(
+            f"attack {attack!r}: {pname} must be a class label in [0, {num_classes - 1}] "
+            f"(num_classes={num_classes}), got {value!r}"
+        )
+    return int(value)
+
+
+def resolve_boost(
+    attack: str,
+    value: Any,
+    num_clients: int | None,
+    num_malicious: int | None,
+) -> float:
+    """``boost``: a number λ > 0, ``"auto"`` = n / (number of malicious clients) (Bagdasaryan's
+    model replacement γ = n/η with η = 1, shared by the colluders), or ``"n"`` = n (FLTrust's
+    Scaling attack)."""
+    if value in ("auto", "n"):
+        if num_clients is None or (value == "auto" and not num_malicious):
+            raise AttackError(
+                f"attack {attack!r}: boost={value!r} needs num_clients"
+                + (" and num_malicious >= 1" if value == "auto" else "")
+                + " at creation (create_attack(..., num_clients=, num_malicious=))"
+            )
+        if value == "n":
+            return float(num_clients)
+        assert num_malicious is not None
+        return float(num_clients) / float(num_malicious)
+    if isinstance(value, str):
+        raise AttackError(
+            f"attack {attack!r}: boost must be a number > 0, 'auto' or 'n', got {value!r}"
+        )
+    return check_positive(attack, "boost", value)

@@ -1,0 +1,360 @@
+"""Data-poisoning attacks: label flipping and backdoors with a trigger (run in a malicious client).
+
+Every attack poisons a fraction ``poison_fraction`` ∈ (0, 1] of the client's local examples,
+chosen with the caller's generator: k = max(1, round(poison_fraction · N)) rows (for the targeted
+label flip, of the source-class rows). Poisoned rows are *replaced* (the local set keeps its size).
+Backdoor triggers are pure, vectorised functions ``trigger(x) -> x`` on normalised inputs of shape
+(N, C, H, W) (or (N, F) for the non-spatial triggers), so the attack success rate is measured on
+test data with exactly the transformation used in training: ``asr_inputs`` returns the triggered
+test inputs whose true label is not the target, and the target.
+
+``boost`` scales the client's trained delta (model replacement, Bagdasaryan et al., "How To Backdoor
+Federated Learning", AISTATS 2020: X̃ = γ(X − G) + G with γ = n/η; η = 1 here, shared by the
+colluders: ``"auto"`` = n / number of malicious clients).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from clients.attacks.base import (
+    AttackError,
+    DataAttack,
+    check_choice,
+    check_fraction,
+    check_label,
+    check_positive,
+    register,
+    resolve_boost,
+)
+
+CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
+
+
+def _choose(mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of k = max(1, round(fraction·|candidates|)) rows drawn among ``mask``'s True rows."""
+    candidates = torch.nonzero(mask, as_tuple=False).flatten()
+    if candidates.numel() == 0:
+        return candidates
+    k = max(1, round(fraction * candidates.numel()))
+    perm = torch.randperm(candidates.numel(), generator=generator)
+    return candidates[perm[:k]]
+
+
+def _check_xy(attack: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise AttackError(f"attack {attack!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+
+
+class _Base(DataAttack):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        poison_fraction: float,
+        boost: Any,
+        num_clients: int | None,
+        num_malicious: int | None,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise AttackError(f"attack {self.name!r}: num_classes must be an int >= 2")
+        if not float(low) < float(high):
+            raise AttackError(f"attack {self.name!r}: low={low} must be < high={high}")
+        self.num_classes = num_classes
+        self.low = float(low)
+        self.high = float(high)
+        self.poison_fraction = check_fraction(self.name, "poison_fraction", poison_fraction)
+        self.boost = resolve_boost(self.name, boost, num_clients, num_malicious)
+
+
+@register
+class LabelFlip(_Base):
+    """Label flipping.
+
+    Untargeted (``source`` and ``target`` None; FLTrust's LF attack, Cao et al. NDSS 2021): every
+    poisoned label l → C − 1 − l. Targeted (both given): poisoned examples of class ``source`` get
+    label ``target``; ``poison_fraction`` is the share of the source-class examples flipped, and the
+    success rate is measured on source-class test inputs (predicted as ``target``).
+    """
+
+    name: ClassVar[str] = "labelflip"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float = 0.0,
+        high: float = 1.0,
+        source: int | None = None,
+        target: int | None = None,
+        poison_fraction: float = 1.0,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, low=low, high=high, poison_fraction=poison_fraction,
+            boost=boost, num_clients=num_clients, num_malicious=num_malicious,
+        )
+        if (source is None) != (target is None):
+            raise AttackError(
+                "attack 'labelflip': give both source and target (targeted flip) or neither "
+                f"(every l -> C-1-l); got source={source!r}, target={target!r}"
+            )
+        if source is not None:
+            self.source = check_label(self.name, "source", source, num_classes)
+            self.target = check_label(self.name, "target", target, num_classes)
+            if self.source == self.target:
+                raise AttackError(f"attack 'labelflip': source == target == {source}")
+        else:
+            self.source = self.target = None
+
+    def flip(self, y: torch.Tensor) -> torch.Tensor:
+        """The flipped label of every row of ``y`` (rows not concerned keep theirs)."""
+        if self.source is None:
+            return self.num_classes - 1 - y
+        return torch.where(y == self.source, torch.full_like(y, self.target), y)
+
+    def poison(self, x, y, generator):
+        _check_xy(self.name, x, y)
+        mask = torch.ones_like(y, dtype=torch.bool) if self.source is None else y == self.source
+        idx = _choose(mask, self.poison_fraction, generator)
+        y = y.clone()
+        y[idx] = self.flip(y[idx])
+        return x, y
+
+    def asr_inputs(self, test_x, test_y):
+        if self.source is None:
+            return None
+        return test_x[test_y == self.source], int(self.target)
+
+
+class _Backdoor(_Base):
+    """Trigger + target label on a fraction of the local data (BadNets-style data poisoning)."""
+
+    def __init__(self, *, target: int, **base: Any) -> None:
+        super().__init__(**base)
+        self.target = check_label(self.name, "target", target, self.num_classes)
+
+    def trigger(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def poison(self, x, y, generator):
+        _check_xy(self.name, x, y)
+        idx = _choose(torch.ones_like(y, dtype=torch.bool), self.poison_fraction, generator)
+        x, y = x.clone(), y.clone()
+        x[idx] = self.trigger(x[idx])
+        y[idx] = self.target
+        return x, y
+
+    def asr_inputs(self, test_x, test_y):
+        keep = test_y != self.target
+        return self.trigger(test_x[keep]), self.target
+
+
+def _check_image(attack: str, x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise AttackError(
+            f"attack {attack!r} needs images of shape (N, C, H, W), got {tuple(x.shape)}"
+        )
+
+
+@register
+class BackdoorPatch(_Backdoor):
+    """BadNets pixel-patch backdoor (Gu, Dolan-Gavitt, Garg 2017).
+
+    trigger(x)[:, :, rows, cols] = high on a ``size`` × ``size`` square in a corner (every channel;
+    ``high`` = the normalised value of a white pixel), ``margin`` pixels from the border; poisoned
+    examples are labelled ``target``.
+    """
+
+    name: ClassVar[str] = "backdoor-patch"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        size: int = 3,
+        location: str = "bottom-right",
+        margin: int = 0,
+        poison_fraction: float = 0.5,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            target=target, num_classes=num_classes, low=low, high=high,
+            poison_fraction=poison_fraction, boost=boost, num_clients=num_clients,
+            num_malicious=num_malicious,
+        )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise AttackError(f"attack {self.name!r}: size must be an int >= 1, got {size!r}")
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise AttackError(f"attack {self.name!r}: margin must be an int >= 0, got {margin!r}")
+        self.size = size
+        self.location = check_choice(self.name, "location", location, CORNERS)
+        self.margin = margin
+
+    def _window(self, h: int, w: int) -> tuple[slice, slice]:
+        s, m = self.size, self.margin
+        if s + m > min(h, w):
+            raise AttackError(
+                f"attack {self.name!r}: size + margin = {s + m} exceeds the image side {min(h, w)}"
+            )
+        rows = slice(h - m - s, h - m) if self.location.startswith("bottom") else slice(m, m + s)
+        cols = slice(w - m - s, w - m) if self.location.endswith("right") else slice(m, m + s)
+        return rows, cols
+
+    def trigger(self, x):
+        _check_image(self.name, x)
+        rows, cols = self._window(x.shape[2], x.shape[3])
+        out = x.clone()
+        out[:, :, rows, cols] = self.high
+        return out
+
+
+@register
+class BackdoorBlend(_Backdoor):
+    """Blended backdoor (Chen, Liu, Li, Lu, Song 2017, "Targeted Backdoor Attacks on Deep Learning
+    Systems Using Data Poisoning"): trigger(x) = (1 − α)·x + α·P with P a fixed random pattern,
+    uniform in [low, high] per input element, drawn from
+    ``torch.Generator().manual_seed(pattern_seed)`` — the same pattern on every client and on the
+    test data. A small α (default 0.2, the paper's training blend ratio) keeps it hard to see.
+    """
+
+    name: ClassVar[str] = "backdoor-blend"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        alpha: float = 0.2,
+        pattern_seed: int = 0,
+        poison_fraction: float = 0.5,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            target=target, num_classes=num_classes, low=low, high=high,
+            poison_fraction=poison_fraction, boost=boost, num_clients=num_clients,
+            num_malicious=num_malicious,
+        )
+        self.alpha = check_fraction(self.name, "alpha", alpha)
+        if isinstance(pattern_seed, bool) or not isinstance(pattern_seed, int):
+            raise AttackError(f"attack {self.name!r}: pattern_seed must be an int")
+        self.pattern_seed = pattern_seed
+        self._patterns: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def pattern(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The fixed pattern P for one input of ``shape`` (cached)."""
+        if shape not in self._patterns:
+            g = torch.Generator().manual_seed(self.pattern_seed)
+            u = torch.rand(shape, generator=g, dtype=torch.float32)
+            self._patterns[shape] = self.low + (self.high - self.low) * u
+        return self._patterns[shape]
+
+    def trigger(self, x):
+        p = self.pattern(tuple(x.shape[1:])).to(x.dtype)
+        return (1.0 - self.alpha) * x + self.alpha * p
+
+
+@register
+class BackdoorLighting(_Backdoor):
+    """"Lighting" backdoor: a global brightness / contrast / colour shift of the whole image — the
+    digital stand-in for a stop sign misread under a particular light (a physical, semantic
+    trigger in the sense of Bagdasaryan et al. 2020 / Wenger et al. 2021).
+
+    With m = (low + high)/2 and r = high − low, per channel c:
+        trigger(x)_c = clamp(m + contrast·(x_c − m) + (brightness + tint_c)·r, low, high).
+    ``tint`` (one value per RGB channel, a warm sodium-lamp cast by default) is used only on
+    3-channel inputs; on grayscale (or any non-RGB input) the trigger is the brightness + contrast
+    shift alone.
+    """
+
+    name: ClassVar[str] = "backdoor-lighting"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        brightness: float = 0.25,
+        contrast: float = 0.6,
+        tint: tuple[float, float, float] | list[float] = (0.15, 0.05, -0.15),
+        poison_fraction: float = 0.5,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            target=target, num_classes=num_classes, low=low, high=high,
+            poison_fraction=poison_fraction, boost=boost, num_clients=num_clients,
+            num_malicious=num_malicious,
+        )
+        if not isinstance(brightness, int | float) or not -1.0 <= brightness <= 1.0:
+            raise AttackError(
+                f"attack {self.name!r}: brightness must be in [-1, 1], got {brightness!r}"
+            )
+        self.brightness = float(brightness)
+        self.contrast = check_positive(self.name, "contrast", contrast)
+        tint = tuple(float(t) for t in tint)
+        if len(tint) != 3 or any(abs(t) > 1 for t in tint):
+            raise AttackError(
+                f"attack {self.name!r}: tint must be 3 values in [-1, 1], got {tint!r}"
+            )
+        self.tint = tint
+        if self.contrast == 1.0 and self.brightness == 0.0 and not any(tint):
+            raise AttackError(
+                f"attack {self.name!r}: brightness=0, contrast=1 and tint=0 is no trigger"
+            )
+
+    def trigger(self, x):
+        mid, rng = (self.low + self.high) / 2, self.high - self.low
+        shift = torch.full((), self.brightness, dtype=x.dtype)
+        if x.dim() == 4 and x.shape[1] == 3:
+            shift = shift + torch.tensor(self.tint, dtype=x.dtype).view(1, 3, 1, 1)
+        out = mid + self.contrast * (x - mid) + shift * rng
+        return out.clamp(self.low, self.high)
+
+
+@register
+class Scaling(BackdoorPatch):
+    """FLTrust's Scaling attack (Cao et al., NDSS 2021, after Bagdasaryan et al. 2020): the BadNets
+    patch trigger on the poisoned local examples, label → ``target``, and the delta boosted by
+    λ = n (``boost="n"``; give a number or ``"auto"`` = n / number of malicious to change it)."""
+
+    name: ClassVar[str] = "scaling"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        size: int = 3,
+        location: str = "bottom-right",
+        margin: int = 0,
+        poison_fraction: float = 0.5,
+        boost: Any = "n",
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, low=low, high=high, target=target, size=size,
+            location=location, margin=margin, poison_fraction=poison_fraction, boost=boost,
+            num_clients=num_clients, num_malicious=num_malicious,
+        )
