@@ -1,0 +1,190 @@
+"""Metrics of the harness: detection, malicious share of the aggregate, per-cell summaries and
+per-rule worst cases.
+
+Detection (rules that decide per client, i.e. return ``accepted``). The positive class is
+"malicious"; a client is *flagged* when the rule rejects it::
+
+    TP = |flagged ∩ M|   FP = |flagged ∖ M|   FN = |accepted ∩ M|   TN = |accepted ∖ M|
+    precision = TP / (TP + FP)     (None when nothing is flagged)
+    recall    = TP / (TP + FN)     (None when no malicious client took part)
+    FPR       = FP / (FP + TN)     (None when no benign client took part)
+
+Malicious share of the aggregate, defined for every rule (:func:`malicious_share`):
+
+- rules returning ``weights`` w (n,): ``Σ_{i∈M} |w_i| / Σ_i |w_i|``;
+- rules returning only ``accepted``: each accepted client weighs 1/|accepted|, so the share is
+  ``|accepted ∩ M| / |accepted|``;
+- coordinate-wise order-statistic rules (median, trimmed mean) with neither: the **coordinate
+  share**. For coordinate j, sort the n values; the rule's value is the mean of the values at a
+  set of sorted positions S (median: the middle one for odd n, the two middle ones for even n;
+  trimmed mean with f per side: positions f … n−f−1). The share of coordinate j is
+  ``|{i ∈ M : rank_j(i) ∈ S}| / |S|`` and the rule's share is its mean over the d coordinates —
+  the fraction of the aggregate's value mass that came from malicious clients, if each selected
+  value counts equally. Ties are broken by the stable sort (lower client index first).
+- anything else (no weights, no accepted, not coordinate-wise): None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+
+def detection(accepted: torch.Tensor | Sequence[bool] | None,
+              malicious: torch.Tensor | Sequence[bool]) -> dict[str, float | int | None]:
+    """Confusion counts and precision/recall/FPR of rejecting the malicious clients."""
+    if accepted is None:
+        return {"tp": None, "fp": None, "fn": None, "tn": None,
+                "precision": None, "recall": None, "fpr": None}
+    acc = torch.as_tensor(accepted, dtype=torch.bool).flatten()
+    mal = torch.as_tensor(malicious, dtype=torch.bool).flatten()
+    if acc.shape != mal.shape:
+        raise ValueError(f"accepted has {acc.numel()} entries, malicious {mal.numel()}")
+    flagged = ~acc
+    tp = int((flagged & mal).sum())
+    fp = int((flagged & ~mal).sum())
+    fn = int((acc & mal).sum())
+    tn = int((acc & ~mal).sum())
+    return {
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "fpr": _ratio(fp, fp + tn),
+    }
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def coordinate_positions(rule_name: str, n: int, params: dict[str, Any]) -> list[int] | None:
+    """Sorted positions whose mean is the value of a coordinate-wise rule, or None."""
+    if rule_name == "median":
+        return [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
+    if rule_name == "trimmedmean":
+        f = trimmed_count(n, params)
+        if n - 2 * f < 1:
+            return None
+        return list(range(f, n - f))
+    return None
+
+
+def trimmed_count(n: int, params: dict[str, Any]) -> int:
+    """Values trimmed per side by trimmed mean: ``f``, or ``floor(beta · n)`` if given."""
+    if "f" in params:
+        return int(params["f"])
+    if "beta" in params:
+        return math.floor(float(params["beta"]) * n)
+    return 0
+
+
+def coordinate_share(updates: torch.Tensor, malicious: torch.Tensor,
+                     positions: Sequence[int]) -> float:
+    """Mean over coordinates of the malicious fraction of the values at sorted ``positions``."""
+    mal = torch.as_tensor(malicious, dtype=torch.bool)
+    order = torch.sort(updates, dim=0, stable=True).indices  # (n, d): client index per rank
+    chosen = order[list(positions)]  # (|S|, d)
+    return float(mal[chosen].double().mean())
+
+
+def malicious_share(aggregation: Any, updates: torch.Tensor, malicious: torch.Tensor,
+                    rule_name: str, params: dict[str, Any]) -> tuple[float | None, str]:
+    """(share of the aggregate attributable to malicious clients, how it was computed).
+
+    The second element is "weights", "accepted", "coordinates" or "none"; see the module doc.
+    """
+    mal = torch.as_tensor(malicious, dtype=torch.bool)
+    weights = getattr(aggregation, "weights", None)
+    accepted = getattr(aggregation, "accepted", None)
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64).abs()
+        total = float(w.sum())
+        return (float(w[mal].sum()) / total if total > 0 else None), "weights"
+    if accepted is not None:
+        acc = torch.as_tensor(accepted, dtype=torch.bool)
+        k = int(acc.sum())
+        return (int((acc & mal).sum()) / k if k else None), "accepted"
+    positions = coordinate_positions(rule_name, updates.shape[0], params)
+    if positions is not None:
+        return coordinate_share(updates, mal, positions), "coordinates"
+    return None, "none"
+
+
+def norm_stats(updates: torch.Tensor, malicious: torch.Tensor) -> dict[str, float | None]:
+    """Mean L2 norm of benign and of malicious updates (after the attack), and the max."""
+    mal = torch.as_tensor(malicious, dtype=torch.bool)
+    norms = torch.linalg.vector_norm(updates.double(), dim=1)
+    return {
+        "norm_benign": float(norms[~mal].mean()) if bool((~mal).any()) else None,
+        "norm_malicious": float(norms[mal].mean()) if bool(mal.any()) else None,
+        "norm_max": float(norms.max()) if norms.numel() else None,
+    }
+
+
+# --- per cell ------------------------------------------------------------------------------------
+def _series(rows: Iterable[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(int(r["round"]), float(r[key])) for r in rows if r.get(key) is not None]
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> dict[str, Any]:
+    """Per-cell summary of its per-round rows (rounds in order; evaluation may be sparse).
+
+    final_* is the last evaluated round; rounds_to_target the first round whose accuracy
+    reaches ``target_accuracy`` (None if never); detection and share are means over rounds.
+    """
+    acc = _series(rows, "accuracy")
+    loss = _series(rows, "loss")
+    asr = _series(rows, "asr")
+    reached = [r for r, a in acc if a >= target_accuracy]
+    return {
+        "final_accuracy": acc[-1][1] if acc else None,
+        "best_accuracy": max(a for _, a in acc) if acc else None,
+        "final_loss": loss[-1][1] if loss else None,
+        "final_asr": asr[-1][1] if asr else None,
+        "max_asr": max(a for _, a in asr) if asr else None,
+        "rounds_to_target": reached[0] if reached else None,
+        "target_accuracy": target_accuracy,
+        "precision": _mean(r.get("precision") for r in rows),
+        "recall": _mean(r.get("recall") for r in rows),
+        "fpr": _mean(r.get("fpr") for r in rows),
+        "malicious_share": _mean(r.get("malicious_share") for r in rows),
+        "aggregation_seconds": _mean(r.get("aggregation_seconds") for r in rows),
+        "rounds": len(rows),
+    }
+
+
+def accuracy_drops(cells: list[dict[str, Any]]) -> dict[str, float | None]:
+    """cell id → final accuracy of its attack-free twin minus its own (None if no twin).
+
+    The twin is the cell with the same ``clean_key`` (the config with the adversary removed)
+    whose adversary is empty (attack "none" or no malicious client).
+    """
+    baseline: dict[str, float] = {}
+    for cell in cells:
+        if cell.get("clean") and cell["summary"].get("final_accuracy") is not None:
+            baseline.setdefault(cell["clean_key"], cell["summary"]["final_accuracy"])
+    out: dict[str, float | None] = {}
+    for cell in cells:
+        base = baseline.get(cell["clean_key"])
+        acc = cell["summary"].get("final_accuracy")
+        out[cell["id"]] = None if base is None or acc is None else base - acc
+    return out
+
+
+def worst_case(table: dict[tuple[str, str], float | None]) -> dict[str, tuple[float, str]]:
+    """rule → (worst accuracy over the attacks, that attack) from {(rule, attack): accuracy}."""
+    out: dict[str, tuple[float, str]] = {}
+    for (rule, attack), acc in table.items():
+        if acc is None:
+            continue
+        if rule not in out or acc < out[rule][0]:
+            out[rule] = (acc, attack)
+    return out

@@ -1,0 +1,356 @@
+"""Scenarios: a TOML file (plus ``--set key=value`` overrides) that expands into run cells.
+
+A scenario holds two kinds of keys:
+
+- **run keys** — the fields of :class:`tasks.config.RunConfig` (``dataset``, ``partition``,
+  ``alpha``, ``num_clients``, ``rounds``, ``aggregator``, ``aggregator_params``, ``attack``, ...);
+- **harness keys** — ``name``, ``description``, ``engine`` (``inline`` | ``flower``), ``seeds``
+  (list of ints, a sweep over ``seed``), ``target_accuracy`` (for "rounds to target"),
+  ``workers`` (parallel cell processes).
+
+Any run key given as a **list** is a sweep axis; :func:`expand` returns the cartesian product,
+one :class:`Cell` per combination, in a stable order (axes in file order, values in list order).
+
+``aggregator`` and ``attack`` entries may also be inline tables that carry their parameters, so
+that a sweep can pair each rule with its own parameters::
+
+    aggregator = ["fedavg", { name = "krum", f = "auto" }, { name = "trimmedmean", f = "auto" }]
+    attack     = ["none", "labelflip", { name = "alie", z = 1.0 }]
+
+``f = "auto"`` (in ``aggregator_params`` or an aggregator table) resolves to the number of
+malicious clients the defender is configured to tolerate per round: the scenario's nominal
+malicious count (``num_malicious``, or ``round(malicious_fraction · num_clients)``, whatever the
+attack — so the attack-free cell uses the same rule as the attacked ones), scaled to
+``clients_per_round`` when clients are sampled.
+
+A cell's id is a hash of its resolved run config and engine: the same cell in any sweep has the
+same id, which is how the results store skips finished cells.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tasks.config import ConfigError, RunConfig
+
+
+class ScenarioError(ValueError):
+    """A scenario key or value is invalid; the message names the key."""
+
+
+HARNESS_KEYS: dict[str, Any] = {
+    "name": "scenario",
+    "description": "",
+    "engine": "inline",
+    "seeds": None,
+    "target_accuracy": 0.8,
+    "workers": 2,
+}
+ENGINES = ("inline", "flower")
+RUN_KEYS = tuple(f.name for f in fields(RunConfig))
+_TABLE_KEYS = {"aggregator": "aggregator_params", "attack": "attack_params"}
+PRESETS_DIR = Path(__file__).with_name("scenarios")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: a resolved :class:`RunConfig`, the engine, and its sweep labels."""
+
+    config: RunConfig
+    engine: str
+    axes: dict[str, Any] = field(default_factory=dict)  # the swept keys and this cell's values
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.config, self.engine)
+
+    @property
+    def rule_label(self) -> str:
+        return label(self.config.aggregator, self.config.aggregator_params)
+
+    @property
+    def attack_label(self) -> str:
+        return label(self.config.attack, self.config.attack_params)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A parsed, validated scenario (harness settings + raw run keys, lists = axes)."""
+
+    name: str
+    description: str
+    engine: str
+    target_accuracy: float
+    workers: int
+    run: dict[str, Any]  # run keys as given (lists are axes)
+    source: str = ""
+
+    @property
+    def axes(self) -> list[str]:
+        return [k for k, v in self.run.items() if isinstance(v, list)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "engine": self.engine,
+            "target_accuracy": self.target_accuracy,
+            "workers": self.workers,
+        }
+        out.update(self.run)
+        return out
+
+
+# --- ids and labels -----------------------------------------------------------------------------
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The run config as a plain dict, without ``output_dir`` (where results go is not what)."""
+    data = asdict(cfg)
+    data.pop("output_dir", None)
+    return data
+
+
+def cell_id(cfg: RunConfig, engine: str = "inline") -> str:
+    """Stable 12-hex-digit id: blake2b of the canonical JSON of (run config, engine)."""
+    payload = json.dumps({"run": config_dict(cfg), "engine": engine}, sort_keys=True)
+    return hashlib.blake2b(payload.encode(), digest_size=6).hexdigest()
+
+
+def label(name: str, params: dict[str, Any]) -> str:
+    """``krum(f=4)`` — a rule or attack with its parameters, for tables and plots."""
+    if not params:
+        return name
+    inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
+    return f"{name}({inner})"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --- loading ------------------------------------------------------------------------------------
+def resolve_path(spec: str | Path) -> Path:
+    """A scenario path, or the name of a shipped preset (``default``, ``smoke``, ...)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{spec}.toml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(available_presets())
+    raise ScenarioError(f"scenario {str(spec)!r} is neither a file nor a preset; presets: {names}")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load(spec: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read a scenario TOML (or preset name) and apply ``key=value`` overrides."""
+    path = resolve_path(spec)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
+    return from_dict(apply_overrides(data, overrides or []), source=str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with ``value`` a TOML value (``3``, ``[1, 2]``, ``{f = 2}``, ``'krum'``);
+    a bare word that is not valid TOML is taken as a string (``aggregator=krum``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError(f"override {text!r} must be key=value")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        # a=b,c → a list of bare words; a=b → the string "b"
+        value = [_bare(v) for v in raw.split(",")] if "," in raw else raw
+    return key, value
+
+
+def _bare(raw: str) -> Any:
+    raw = raw.strip()
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` (and ``table.key=value`` for a dict key) overrides to a copy."""
+    out = dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        head, dot, sub = key.partition(".")
+        if dot:
+            base = out.get(head, {})
+            if not isinstance(base, dict):
+                raise ScenarioError(f"override {key!r}: {head!r} is not a table")
+            out[head] = {**base, sub: value}
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(data: dict[str, Any], source: str = "") -> Scenario:
+    """Validate the keys and types of a scenario dict (values are checked again per cell)."""
+    unknown = [k for k in data if k not in HARNESS_KEYS and k not in RUN_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, [*HARNESS_KEYS, *RUN_KEYS], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ScenarioError(
+            f"unknown scenario key {key!r}{hint}; run keys: {', '.join(RUN_KEYS)}; "
+            f"harness keys: {', '.join(HARNESS_KEYS)}"
+        )
+    harness = {k: data.get(k, v) for k, v in HARNESS_KEYS.items()}
+    run = {k: v for k, v in data.items() if k in RUN_KEYS}
+    if harness["engine"] not in ENGINES:
+        raise ScenarioError(f"engine must be one of {ENGINES}, got {harness['engine']!r}")
+    seeds = harness["seeds"]
+    if seeds is not None:
+        if "seed" in run:
+            raise ScenarioError("give either 'seed' or 'seeds', not both")
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            seeds = [seeds]
+        if not (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds)):
+            raise ScenarioError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        run["seed"] = list(seeds)
+    target = harness["target_accuracy"]
+    if not (isinstance(target, int | float) and 0.0 < target <= 1.0):
+        raise ScenarioError(f"target_accuracy must be in (0, 1], got {target!r}")
+    workers = harness["workers"]
+    if not (_is_int(workers) and workers >= 1):
+        raise ScenarioError(f"workers must be an integer >= 1, got {workers!r}")
+    for key, value in run.items():
+        if isinstance(value, list) and not value:
+            raise ScenarioError(f"{key}: an empty list sweeps over nothing")
+    return Scenario(
+        name=str(harness["name"]),
+        description=str(harness["description"]),
+        engine=harness["engine"],
+        target_accuracy=float(target),
+        workers=int(workers),
+        run=run,
+        source=source,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- expansion ----------------------------------------------------------------------------------
+def expand(scenario: Scenario) -> list[Cell]:
+    """The cartesian product of the scenario's list-valued keys, one resolved cell each.
+
+    Raises :class:`ScenarioError` naming the key for any invalid value, and when two
+    combinations resolve to the same cell (a duplicated axis value).
+    """
+    axes = scenario.axes
+    fixed = {k: v for k, v in scenario.run.items() if k not in axes}
+    cells: list[Cell] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*(scenario.run[a] for a in axes)):
+        values = {**fixed, **dict(zip(axes, combo, strict=True))}
+        cfg = resolve_config(values)
+        cell = Cell(config=cfg, engine=scenario.engine, axes=dict(zip(axes, combo, strict=True)))
+        if cell.id in seen:
+            raise ScenarioError(
+                f"sweep values {cell.axes} and {seen[cell.id]} resolve to the same cell"
+            )
+        seen[cell.id] = cell.axes
+        cells.append(cell)
+    return cells
+
+
+def resolve_config(values: dict[str, Any]) -> RunConfig:
+    """Build one cell's :class:`RunConfig` from scalar scenario values (tables unpacked,
+    ``f = "auto"`` resolved)."""
+    values = dict(values)
+    for key, params_key in _TABLE_KEYS.items():
+        entry = values.get(key)
+        if isinstance(entry, dict):
+            if "name" not in entry:
+                raise ScenarioError(f"{key}: an inline table needs a 'name', got {entry!r}")
+            params = {k: v for k, v in entry.items() if k != "name"}
+            values[key] = entry["name"]
+            values[params_key] = {**values.get(params_key, {}), **params}
+        elif entry is not None and not isinstance(entry, str):
+            raise ScenarioError(
+                f"{key} must be a name or a {{name = ..., ...}} table, got {entry!r}"
+            )
+    for params_key in _TABLE_KEYS.values():
+        if params_key in values and not isinstance(values[params_key], dict):
+            raise ScenarioError(f"{params_key} must be a table, got {values[params_key]!r}")
+    try:
+        cfg = RunConfig.from_dict(values)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
+    params = cfg.aggregator_params
+    if params.get("f") == "auto":
+        cfg = cfg.with_updates(aggregator_params={**params, "f": auto_f(cfg)})
+    return cfg
+
+
+def auto_f(cfg: RunConfig) -> int:
+    """The defender's f: the nominal malicious count, per aggregated round."""
+    if cfg.num_malicious >= 0:
+        nominal = cfg.num_malicious
+    else:
+        nominal = round(cfg.malicious_fraction * cfg.num_clients)
+    if cfg.clients_per_round and cfg.clients_per_round < cfg.num_clients:
+        return math.ceil(nominal * cfg.clients_per_round / cfg.num_clients)
+    return nominal
+
+
+def validate_components(cells: list[Cell]) -> None:
+    """Check every rule, attack, dataset, partition and model name/parameter set before a sweep
+    starts, so that a typo fails in a second rather than after an hour of other cells."""
+    import aggregators
+    from clients.attacks import AttackError, available_attacks, create_attack
+    from tasks.datasets import available_datasets
+    from tasks.models import available_models
+    from tasks.partition import available_partitions
+
+    _check_names("dataset", {c.config.dataset for c in cells}, available_datasets())
+    _check_names("partition", {c.config.partition for c in cells}, available_partitions())
+    _check_names("model", {c.config.model for c in cells}, available_models())
+    attack_names = set(available_attacks()) | {"none"}
+    _check_names("attack", {c.config.attack for c in cells}, attack_names)
+    done: set[str] = set()
+    for cell in cells:
+        cfg = cell.config
+        key = json.dumps([cfg.aggregator, cfg.aggregator_params, cfg.attack, cfg.attack_params],
+                         sort_keys=True, default=str)
+        if key in done:
+            continue
+        done.add(key)
+        try:
+            aggregators.create(cfg.aggregator, **cfg.aggregator_params)
+        except aggregators.AggregatorError as exc:
+            raise ScenarioError(f"aggregator: {exc}") from None
+        if cfg.attack != "none":
+            try:
+                create_attack(cfg.attack, num_classes=10, low=0.0, high=1.0, **cfg.attack_params)
+            except AttackError as exc:
+                raise ScenarioError(f"attack: {exc}") from None
+
+
+def _check_names(key: str, used: set[str], allowed: Any) -> None:
+    allowed = sorted(allowed)
+    for name in sorted(used):
+        if name not in allowed:
+            raise ScenarioError(f"{key} {name!r} is unknown; available: {', '.join(allowed)}")

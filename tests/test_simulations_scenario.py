@@ -1,0 +1,92 @@
+"""Scenario parsing, validation and sweep expansion."""
+
+import pytest
+
+from simulations import scenario as sc
+from simulations.scenario import ScenarioError
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ScenarioError, match=r"unknown scenario key 'agregator'.*'aggregator'"):
+        sc.from_dict({"agregator": "krum"})
+
+
+def test_invalid_value_names_the_key():
+    scen = sc.from_dict({"rounds": 0})
+    with pytest.raises(ScenarioError, match="rounds must be >= 1"):
+        sc.expand(scen)
+    with pytest.raises(ScenarioError, match="num_clients must be of type int"):
+        sc.expand(sc.from_dict({"num_clients": "many"}))
+    with pytest.raises(ScenarioError, match="engine must be one of"):
+        sc.from_dict({"engine": "ray"})
+    with pytest.raises(ScenarioError, match="seeds must be a non-empty list"):
+        sc.from_dict({"seeds": ["a"]})
+    with pytest.raises(ScenarioError, match="target_accuracy"):
+        sc.from_dict({"target_accuracy": 2})
+    with pytest.raises(ScenarioError, match="lr: an empty list"):
+        sc.from_dict({"lr": []})
+    with pytest.raises(ScenarioError, match="aggregator: an inline table needs a 'name'"):
+        sc.expand(sc.from_dict({"aggregator": [{"f": 1}]}))
+
+
+def test_cartesian_product_in_file_order_with_stable_ids():
+    scen = sc.from_dict({"aggregator": ["fedavg", {"name": "krum", "f": 2}],
+                         "attack": ["none", "labelflip"], "seeds": [0, 1],
+                         "malicious_fraction": 0.2, "num_clients": 10})
+    cells = sc.expand(scen)
+    assert len(cells) == 2 * 2 * 2
+    assert [(c.config.aggregator, c.config.attack, c.config.seed) for c in cells[:3]] == [
+        ("fedavg", "none", 0), ("fedavg", "none", 1), ("fedavg", "labelflip", 0)]
+    krum = [c for c in cells if c.config.aggregator == "krum"]
+    assert all(c.config.aggregator_params == {"f": 2} for c in krum)
+    assert krum[0].rule_label == "krum(f=2)"
+    assert len({c.id for c in cells}) == 8
+    again = sc.expand(scen)
+    assert [c.id for c in again] == [c.id for c in cells]
+    # the id depends on the resolved config only, not on the sweep it came from
+    single = sc.expand(sc.from_dict({"aggregator": {"name": "krum", "f": 2}, "attack": "none",
+                                     "seed": 0, "malicious_fraction": 0.2, "num_clients": 10}))
+    assert single[0].id == krum[0].id
+
+
+def test_duplicate_axis_values_are_an_error():
+    with pytest.raises(ScenarioError, match="resolve to the same cell"):
+        sc.expand(sc.from_dict({"rounds": [2, 2]}))
+
+
+def test_auto_f_is_the_nominal_malicious_count_even_without_attack():
+    cells = sc.expand(sc.from_dict({
+        "aggregator": {"name": "krum", "f": "auto"}, "attack": ["none", "signflip"],
+        "num_clients": 20, "malicious_fraction": 0.2}))
+    assert [c.config.aggregator_params["f"] for c in cells] == [4, 4]
+    sampled = sc.expand(sc.from_dict({
+        "aggregator": {"name": "krum", "f": "auto"}, "num_clients": 20, "clients_per_round": 10,
+        "num_malicious": 3}))
+    assert sampled[0].config.aggregator_params["f"] == 2  # ceil(3 * 10 / 20)
+
+
+def test_overrides_parse_toml_values_lists_and_dotted_keys():
+    data = sc.apply_overrides({"aggregator_params": {"f": 1}}, [
+        "rounds=7", "aggregator=krum", "attack=[\"none\", \"alie\"]", "lr=0.1,0.2",
+        "aggregator_params.f=3", "dataset='mnist'"])
+    assert data == {"rounds": 7, "aggregator": "krum", "attack": ["none", "alie"],
+                    "lr": [0.1, 0.2], "aggregator_params": {"f": 3}, "dataset": "mnist"}
+    with pytest.raises(ScenarioError, match="must be key=value"):
+        sc.parse_override("rounds")
+
+
+def test_presets_load_and_expand(tmp_path):
+    smoke = sc.load("smoke")
+    assert smoke.name == "smoke" and len(sc.expand(smoke)) == 4
+    default = sc.expand(sc.load("default"))
+    assert len(default) >= 20
+    assert {c.config.attack for c in default} >= {"none", "labelflip"}
+    path = tmp_path / "s.toml"
+    path.write_text('rounds = 2\nbogus = 1\n')
+    with pytest.raises(ScenarioError, match="'bogus'"):
+        sc.load(path)
+    with pytest.raises(ScenarioError, match="neither a file nor a preset"):
+        sc.load(tmp_path / "missing.toml")
+    path.write_text("rounds = [\n")
+    with pytest.raises(ScenarioError, match="invalid TOML"):
+        sc.load(path)
