@@ -138,7 +138,7 @@ class ModelAttack(Attack):
             )
         if not torch.isfinite(crafted).all():
             raise AttackError(f"attack {self.name!r} produced non-finite values")
-        return crafted.to(malicious.dtype)
+        return crafted.to(malicious.dtype).contiguous()
 
     def craft(
         self,

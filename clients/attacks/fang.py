@@ -151,7 +151,7 @@ class FangTrim(ModelAttack):
             k = self.k
             if k is None:
                 k = 3.0 + torch.rand((m, d), generator=generator, dtype=torch.float64)
-            return (mu - k * sigma * s).to(malicious.dtype)
+            return (mu - k * sigma * s).expand(m, d).to(malicious.dtype)
         directed = torch.where(s > 0, ref.min(0).values, ref.max(0).values) * s.abs()
         if self.randomize:
             factor = 1 + (self.b - 1) * torch.rand((m, d), generator=generator, dtype=torch.float64)

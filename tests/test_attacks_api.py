@@ -1,0 +1,68 @@
+"""create_attack / available_attacks: names, parameters, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from clients.attacks import AttackError, DataAttack, ModelAttack, available_attacks, create_attack
+
+NAMES = {
+    "labelflip", "backdoor-patch", "backdoor-blend", "backdoor-lighting", "scaling",
+    "signflip", "gaussian", "scale", "alie", "ipm", "minmax", "minsum", "fang-krum",
+    "fang-trim", "mimic",
+}
+
+
+def make(name, **params):
+    return create_attack(name, num_classes=10, low=0.0, high=1.0, num_clients=10,
+                         num_malicious=2, **params)
+
+
+def test_every_attack_is_listed_with_kind_knowledge_and_defaults():
+    listing = available_attacks()
+    assert set(listing) == NAMES
+    for name, info in listing.items():
+        attack = make(name)
+        assert info["kind"] == attack.kind
+        assert isinstance(attack, DataAttack if info["kind"] == "data" else ModelAttack)
+        assert info["summary"]
+        if info["kind"] == "model":
+            assert attack.knowledge == info["knowledge"][0]
+    assert listing["minsum"]["params"]["bound"] == "max"
+    assert listing["alie"]["params"]["z_rule"] == "paper"
+    assert listing["scaling"]["params"]["boost"] == "n"
+    assert listing["fang-trim"]["params"]["b"] == 2.0
+
+
+def test_unknown_attack_lists_the_valid_ones():
+    with pytest.raises(AttackError, match=r"unknown attack 'nope'.*alie.*signflip"):
+        make("nope")
+    with pytest.raises(AttackError, match="unknown attack 'none'"):
+        make("none")
+
+
+def test_unknown_parameter_lists_the_valid_ones():
+    with pytest.raises(AttackError, match=r"unknown parameter\(s\) gamma.*valid: .*perturbation"):
+        make("minmax", gamma=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        ("minmax", {"perturbation": "random"}, "perturbation"),
+        ("minsum", {"bound": "mean"}, "bound"),
+        ("alie", {"z_rule": "other"}, "z_rule"),
+        ("mimic", {"knowledge": "own"}, "unknown parameter"),
+        ("ipm", {"knowledge": "partial"}, "knowledge"),
+        ("fang-trim", {"b": 1.0}, "b must be > 1"),
+        ("gaussian", {"sigma": 0}, "sigma"),
+        ("scale", {"lam": "big"}, "lam"),
+    ],
+)
+def test_bad_model_attack_parameters(name, params, match):
+    with pytest.raises(AttackError, match=match):
+        make(name, **params)
+
+
+def test_attack_error_is_a_value_error():
+    assert issubclass(AttackError, ValueError)
