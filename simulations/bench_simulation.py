@@ -1,0 +1,609 @@
+"""``fedshield bench simulation``: the inline engine against Flower's Simulation Engine.
+
+The same scenario (by default ``digits``, 100 clients, MLP, 20 rounds, FedAvg) runs once under the
+inline engine (:func:`simulations.engine_inline.run_inline`, one process) and once under the Flower
+Simulation Engine (:func:`simulations.engine_flower.run_flower`, ``flwr run`` + Ray), in the same
+command, so that both see the same machine load. Printed per engine:
+
+- start-up: inline = import of the engine + task set-up until the first client trains;
+  Flower = from the call until the first round's row lands in ``rounds.jsonl``, minus one
+  steady-state round (CLI, SuperLink, Ray, actors importing torch);
+- wall time per round (median over rounds 2..R; round 1 is shown apart), rounds per second,
+  client updates per second (clients per round / median round);
+- the ratio inline / Flower of rounds per second (target >= 10x at 100 clients).
+
+For the inline engine the round is split into phases by wrapping, for the duration of the run, the
+project functions that do the work (see :data:`PHASE_TARGETS`): ``train`` (local SGD of clients
+and FLTrust's root training), ``aggregate`` (``server.aggregation.robust_step``), ``attack`` (the
+colluding adversary stage), ``eval`` (test-set evaluation). ``other`` = round wall − train −
+aggregate (it includes eval, the adversary and everything the engine does between: parameter
+loading, stacking the (n, d) matrix, bookkeeping). Target: other <= 10 % of the round.
+
+``--rules all`` adds the aggregation-share table: every registered rule at the scenario, inline
+engine, with aggregation time as a share of the round (target <= 10 %).
+
+Timings are wall clock on a shared machine: read medians and the ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# phase -> (module, attribute) of the functions whose outermost calls are timed as that phase
+PHASE_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": (
+        ("clients.client", "client_update"),
+        ("tasks.training", "train_many"),
+        ("tasks.training", "train"),
+    ),
+    "aggregate": (("server.aggregation", "robust_step"),),
+    "attack": (("clients.attacks.adversary", "apply_model_attack"),),
+    "eval": (("tasks.training", "evaluate"), ("tasks.training", "accuracy_on")),
+}
+PHASES = tuple(PHASE_TARGETS)
+PROJECT_PACKAGES = ("simulations", "server", "clients", "tasks", "aggregators")
+
+DEFAULT_SCENARIO: dict[str, Any] = {
+    "dataset": "digits",
+    "num_clients": 100,
+    "rounds": 20,
+    "model": "mlp",
+    "aggregator": "fedavg",
+}
+QUICK_SCENARIO: dict[str, Any] = {"num_clients": 10, "rounds": 3}
+
+
+class BenchError(ValueError):
+    """A benchmark flag or scenario value is invalid; the message names it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Phase probe: time the outermost calls of the project's work functions
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    phase: str
+    start: float
+    end: float
+
+
+@dataclass
+class PhaseProbe:
+    """Records (phase, start, end) of the outermost instrumented call; nested calls (``train``
+    inside ``client_update``) are not counted twice."""
+
+    events: list[Event] = field(default_factory=list)
+    _depth: int = 0
+    clock: Callable[[], float] = time.perf_counter
+
+    def wrap(self, phase: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return func(*args, **kwargs)
+            self._depth += 1
+            start = self.clock()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.events.append(Event(phase, start, self.clock()))
+                self._depth -= 1
+
+        timed.__wrapped_by_probe__ = func  # type: ignore[attr-defined]
+        return timed
+
+
+def _project_modules() -> list[Any]:
+    return [
+        mod
+        for name, mod in list(sys.modules.items())
+        if mod is not None and name.split(".")[0] in PROJECT_PACKAGES
+    ]
+
+
+def _swap(old: Any, new: Any) -> int:
+    """Rebind every project-module attribute that *is* ``old`` to ``new``; returns the count."""
+    count = 0
+    for mod in _project_modules():
+        for attr, value in list(vars(mod).items()):
+            if value is old:
+                setattr(mod, attr, new)
+                count += 1
+    return count
+
+
+@contextmanager
+def instrument(
+    probe: PhaseProbe, targets: dict[str, tuple[tuple[str, str], ...]] = PHASE_TARGETS
+) -> Iterator[list[str]]:
+    """Within the block, the target functions are wrapped by ``probe`` in their defining module
+    and wherever a project module imported them by name. Yields the targets found (a missing
+    module or attribute is skipped: not every engine uses every function)."""
+    swapped: list[tuple[Any, Any]] = []
+    found: list[str] = []
+    try:
+        for phase, entries in targets.items():
+            for module_name, attr in entries:
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError:
+                    continue
+                original = getattr(module, attr, None)
+                if original is None or hasattr(original, "__wrapped_by_probe__"):
+                    continue
+                wrapper = probe.wrap(phase, original)
+                _swap(original, wrapper)
+                swapped.append((original, wrapper))
+                found.append(f"{module_name}.{attr}")
+        yield found
+    finally:
+        for original, wrapper in swapped:
+            _swap(wrapper, original)
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    wall: float
+    phases: dict[str, float]
+
+    @property
+    def other(self) -> float:
+        busy = self.phases.get("train", 0.0) + self.phases.get("aggregate", 0.0)
+        return max(0.0, self.wall - busy)
+
+
+def split_rounds(events: Sequence[Event], end: float) -> list[RoundTiming]:
+    """Cut the event timeline into rounds: a round starts at the first ``train`` event after an
+    ``aggregate`` event (or the first ``train`` event at all) and lasts until the next round's
+    start, the last one until ``end``. Phase time inside each round is summed per phase."""
+    events = sorted(events, key=lambda e: e.start)
+    starts: list[float] = []
+    after_aggregate = True
+    for event in events:
+        if event.phase == "train" and after_aggregate:
+            starts.append(event.start)
+            after_aggregate = False
+        elif event.phase == "aggregate":
+            after_aggregate = True
+    bounds = [*starts, end]
+    rounds = []
+    for lo, hi in itertools.pairwise(bounds):
+        phases = dict.fromkeys(PHASES, 0.0)
+        for event in events:
+            if lo <= event.start < hi:
+                phases[event.phase] += event.end - event.start
+        rounds.append(RoundTiming(hi - lo, phases))
+    return rounds
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EngineMeasurement:
+    engine: str
+    rule: str
+    clients_per_round: int
+    rounds: int
+    total_wall: float  # from the call to its return (plus import for inline)
+    startup: float
+    round_walls: list[float]
+    phase_shares: dict[str, float] = field(default_factory=dict)  # of the steady-state rounds
+    phase_median: dict[str, float] = field(default_factory=dict)  # seconds per round
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def steady(self) -> list[float]:
+        return self.round_walls[1:] if len(self.round_walls) > 2 else self.round_walls
+
+    @property
+    def round_median(self) -> float:
+        return statistics.median(self.steady) if self.steady else math.nan
+
+    @property
+    def rounds_per_second(self) -> float:
+        return 1.0 / self.round_median if self.round_median > 0 else math.nan
+
+    @property
+    def updates_per_second(self) -> float:
+        return self.clients_per_round * self.rounds_per_second
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            round_median=self.round_median,
+            rounds_per_second=self.rounds_per_second,
+            updates_per_second=self.updates_per_second,
+        )
+        return out
+
+
+def clients_per_round(cfg: Any) -> int:
+    return cfg.clients_per_round or cfg.num_clients
+
+
+def measure_inline(cfg: Any) -> EngineMeasurement:
+    """Run ``cfg`` under the inline engine with the phase probe on."""
+    t_import = time.perf_counter()
+    from simulations.engine_inline import run_inline
+
+    import_seconds = time.perf_counter() - t_import
+    probe = PhaseProbe()
+    with instrument(probe) as found:
+        t0 = time.perf_counter()
+        run_inline(cfg)
+        t1 = time.perf_counter()
+    rounds = split_rounds(probe.events, t1)
+    notes = [f"instrumented: {', '.join(found)}"]
+    if len(rounds) != cfg.rounds:
+        notes.append(f"probe saw {len(rounds)} rounds for rounds={cfg.rounds}")
+    first_train = min((e.start for e in probe.events if e.phase == "train"), default=t1)
+    steady = rounds[1:] if len(rounds) > 2 else rounds
+    phase_median = {p: _median([r.phases[p] for r in steady]) for p in PHASES}
+    phase_median["other"] = _median([r.other for r in steady])
+    total = sum(r.wall for r in steady) or math.nan
+    shares = {p: sum(r.phases[p] for r in steady) / total for p in PHASES}
+    shares["other"] = sum(r.other for r in steady) / total
+    return EngineMeasurement(
+        engine="inline",
+        rule=cfg.aggregator,
+        clients_per_round=clients_per_round(cfg),
+        rounds=cfg.rounds,
+        total_wall=import_seconds + (t1 - t0),
+        startup=import_seconds + (first_train - t0),
+        round_walls=[r.wall for r in rounds],
+        phase_shares=shares,
+        phase_median=phase_median,
+        notes=notes,
+    )
+
+
+class RowWatcher(threading.Thread):
+    """Polls a JSONL file and records the wall time at which each complete line appears."""
+
+    def __init__(self, path: Path, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.path, self.interval = path, interval
+        self.times: list[float] = []
+        self._stop_event = threading.Event()
+        self._offset, self._partial = 0, b""
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.poll()
+            self._stop_event.wait(self.interval)
+        self.poll()
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        if not chunk:
+            return
+        now = time.perf_counter()
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        self.times.extend(now for line in lines if line.strip())
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def _flower_env(home: Path) -> None:
+    os.environ.setdefault("FLWR_HOME", str(home))
+    for var in (
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
+        "FLWR_DISABLE_UPDATE_CHECK",
+    ):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def measure_flower(cfg: Any) -> EngineMeasurement:
+    """Run ``cfg`` under the Flower Simulation Engine; per-round walls from the times at which
+    the ServerApp's ``rounds.jsonl`` rows appear (polled every 20 ms)."""
+    from simulations.engine_flower import run_flower
+
+    work = Path(tempfile.mkdtemp(prefix="fedshield-bench-flower-"))
+    _flower_env(work / "flwr_home")
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else work / "out"
+    cfg = cfg.with_updates(output_dir=str(out_dir))
+    watcher = RowWatcher(out_dir / "rounds.jsonl")
+    watcher.start()
+    t0 = time.perf_counter()
+    try:
+        run_flower(cfg)
+    finally:
+        t1 = time.perf_counter()
+        watcher.stop()
+    times, notes = watcher.times, [f"output_dir={out_dir}"]
+    if len(times) != cfg.rounds:
+        notes.append(f"saw {len(times)} rows appear for rounds={cfg.rounds}")
+    walls = [b - a for a, b in itertools.pairwise(times)]
+    steady = statistics.median(walls) if walls else math.nan
+    first = (times[0] - t0) if times else math.nan
+    # round 1 cannot be told apart from start-up: charge it one steady round
+    round_walls = [steady, *walls] if walls else []
+    return EngineMeasurement(
+        engine="flower",
+        rule=cfg.aggregator,
+        clients_per_round=clients_per_round(cfg),
+        rounds=cfg.rounds,
+        total_wall=t1 - t0,
+        startup=first - steady if walls else first,
+        round_walls=round_walls,
+        notes=[*notes, f"teardown after last row: {t1 - times[-1]:.2f} s" if times else ""],
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario
+# --------------------------------------------------------------------------------------------
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
+def rule_params_for(rule: str, num_clients: int, given: dict[str, Any] | None = None) -> dict:
+    """Parameters for ``rule`` at ``num_clients``: ``given`` wins; otherwise ``f`` = n // 10
+    (at least 1) when the rule takes ``f``, lowered until the rule accepts n clients."""
+    import aggregators
+
+    if given:
+        return dict(given)
+    rule_obj = aggregators.create(rule)
+    if "f" not in rule_obj.params():
+        return {}
+    f = max(1, num_clients // 10)
+    while f > 0:
+        try:
+            if aggregators.create(rule, f=f).min_clients() <= num_clients:
+                return {"f": f}
+        except aggregators.AggregatorError:
+            pass
+        f -= 1
+    return {"f": 0}
+
+
+def build_config(args: argparse.Namespace, rule: str | None = None) -> Any:
+    from tasks.config import RunConfig
+
+    values = dict(DEFAULT_SCENARIO)
+    if args.quick:
+        values.update(QUICK_SCENARIO)
+    for key, flag in (("num_clients", "clients"), ("rounds", "rounds"), ("dataset", "dataset"),
+                      ("model", "model"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    overrides = parse_set(args.set)
+    values.update(overrides)
+    n = values.get("clients_per_round") or values["num_clients"]
+    if rule is not None:
+        values["aggregator"] = rule
+        values["aggregator_params"] = rule_params_for(rule, n)
+    else:
+        values["aggregator"] = args.rule or values["aggregator"]
+        if "aggregator_params" not in overrides:
+            given = json.loads(args.rule_params) if args.rule_params else None
+            values["aggregator_params"] = rule_params_for(values["aggregator"], n, given)
+    return RunConfig.from_dict(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table (pasted as is into docs/PERFORMANCE.md)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "–"
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def engine_table(results: Sequence[EngineMeasurement]) -> str:
+    rows = [
+        (
+            m.engine, m.rule, m.clients_per_round, m.rounds, m.startup,
+            m.round_walls[0] if m.round_walls else math.nan, m.round_median,
+            m.rounds_per_second, m.updates_per_second, m.total_wall,
+        )
+        for m in results
+    ]
+    return table(
+        ["engine", "rule", "clients/round", "rounds", "start-up s", "round 1 s",
+         "round median s", "rounds/s", "client updates/s", "total wall s"],
+        rows,
+    )
+
+
+def phase_table(results: Sequence[EngineMeasurement]) -> str:
+    rows = []
+    for m in results:
+        share = m.phase_shares
+        rows.append(
+            (
+                m.rule, m.round_median * 1e3,
+                *(m.phase_median.get(p, math.nan) * 1e3 for p in ("train", "aggregate", "eval",
+                                                                 "other")),
+                100 * share.get("train", math.nan), 100 * share.get("aggregate", math.nan),
+                100 * share.get("other", math.nan),
+                _verdict(share.get("aggregate", math.nan) <= 0.10),
+                _verdict(share.get("other", math.nan) <= 0.10),
+            )
+        )
+    return table(
+        ["rule", "round ms", "train ms", "aggregate ms", "eval ms", "other ms", "train %",
+         "aggregate %", "other %", "aggregate ≤ 10 %", "other ≤ 10 %"],
+        rows,
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def build_parser(prog: str = "fedshield bench simulation") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Inline engine vs Flower Simulation Engine on the same scenario, in one run; "
+        "phase split of the inline round; aggregation share per rule.",
+    )
+    parser.add_argument("--clients", type=int, help="num_clients (default 100; --quick: 10)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 20; --quick: 3)")
+    parser.add_argument("--dataset", help="dataset (default digits)")
+    parser.add_argument("--model", help="model (default mlp)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--rule", help="aggregator of the engine comparison (default fedavg)")
+    parser.add_argument("--rule-params", help="JSON object of the rule's parameters")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any RunConfig field, e.g. --set local_steps=2 --set partition=iid (repeatable)",
+    )
+    parser.add_argument(
+        "--engines", default="inline,flower",
+        help="comma list of engines to compare: inline, flower (default both)",
+    )
+    parser.add_argument(
+        "--rules", default="",
+        help="aggregation-share table: comma list of rules, or 'all' (inline engine only)",
+    )
+    parser.add_argument("--quick", action="store_true", help="10 clients, 3 rounds")
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    return parser
+
+
+def _engines(spec: str) -> list[str]:
+    engines = [e.strip() for e in spec.split(",") if e.strip()]
+    bad = sorted(set(engines) - {"inline", "flower"})
+    if bad or not engines:
+        raise BenchError(f"--engines: unknown {bad or spec!r}; allowed: inline, flower")
+    return engines
+
+
+def _rules(spec: str) -> list[str]:
+    import aggregators
+
+    if not spec:
+        return []
+    names = aggregators.available() if spec == "all" else [r.strip() for r in spec.split(",")]
+    unknown = sorted(set(names) - set(aggregators.available()))
+    if unknown:
+        raise BenchError(f"--rules: unknown {unknown}; available: {aggregators.available()}")
+    return names
+
+
+def comparison(results: Sequence[EngineMeasurement]) -> dict[str, float]:
+    by = {m.engine: m for m in results}
+    if "inline" not in by or "flower" not in by:
+        return {}
+    inline, flower = by["inline"], by["flower"]
+    return {
+        "rounds_per_second_ratio": inline.rounds_per_second / flower.rounds_per_second,
+        "updates_per_second_ratio": inline.updates_per_second / flower.updates_per_second,
+        "total_wall_ratio": flower.total_wall / inline.total_wall,
+        "startup_ratio": flower.startup / inline.startup,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        engines = _engines(args.engines)
+        rules = _rules(args.rules)
+        cfg = build_config(args)
+    except (BenchError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"# bench simulation  ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
+          f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs)")
+    print(f"scenario: dataset={cfg.dataset} model={cfg.model} clients={cfg.num_clients} "
+          f"clients/round={clients_per_round(cfg)} rounds={cfg.rounds} rule={cfg.aggregator} "
+          f"{cfg.aggregator_params} partition={cfg.partition} local_epochs={cfg.local_epochs} "
+          f"local_steps={cfg.local_steps} batch={cfg.batch_size} eval_every={cfg.eval_every}")
+    results: list[EngineMeasurement] = []
+    for engine in engines:
+        print(f"running {engine} ...", flush=True)
+        results.append(measure_inline(cfg) if engine == "inline" else measure_flower(cfg))
+    print("\n## Engines\n")
+    print(engine_table(results))
+    ratios = comparison(results)
+    if ratios:
+        print(
+            f"\ninline / flower rounds per second: {ratios['rounds_per_second_ratio']:.1f}x "
+            f"(target >= 10x: {_verdict(ratios['rounds_per_second_ratio'] >= 10)}); "
+            f"whole run wall flower / inline: {ratios['total_wall_ratio']:.1f}x; "
+            f"start-up flower / inline: {ratios['startup_ratio']:.1f}x"
+        )
+    inline_results = [m for m in results if m.engine == "inline"]
+    share_results = list(inline_results)
+    for rule in rules:
+        if rule == cfg.aggregator and inline_results:
+            continue
+        print(f"running inline, rule {rule} ...", flush=True)
+        share_results.append(measure_inline(build_config(args, rule=rule)))
+    if share_results:
+        print("\n## Inline round split (medians of rounds 2..R)\n")
+        print(phase_table(share_results))
+    for m in results + share_results[len(inline_results):]:
+        for note in m.notes:
+            if note:
+                print(f"note [{m.engine}/{m.rule}]: {note}")
+    if args.json:
+        payload = {
+            "scenario": asdict(cfg),
+            "engines": [m.summary() for m in results],
+            "ratios": ratios,
+            "rules": [m.summary() for m in share_results],
+            "load_average": os.getloadavg(),
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
