@@ -1,0 +1,175 @@
+"""The one place where model parameters become a flat vector and back.
+
+A :class:`ParamLayout` records, in ``state_dict`` order, each entry's key, shape and dtype. The flat
+vector is the concatenation of the flattened entries, cast to float32:
+``vec = cat([sd[k].reshape(-1).float() for k in layout.keys])``. ``unflatten`` cuts it back and
+casts each piece to its recorded dtype, so the round trip is exact for float32 parameters (all
+fedshield models) and for any dtype whose values float32 represents exactly (float16, bfloat16,
+integers
+below 2**24 such as BatchNorm's ``num_batches_tracked``).
+
+On the wire, parameters travel as a Flower ``ArrayRecord`` of one numpy ``Array`` per key.
+``arrayrecord_to_vector`` calls ``Array.numpy()`` (an ``np.load`` of the bytes each time, see
+research/FLOWER.md §1.5) exactly once per array, never uses ``keep_input=False`` (which runs
+``gc.collect()`` per call), and can write straight into a preallocated row of the server's (n, d)
+update matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from torch import nn
+
+__all__ = [
+    "ParamLayout",
+    "ParamsError",
+    "arrayrecord_to_vector",
+    "flatten",
+    "load_vector",
+    "to_arrayrecord",
+    "unflatten",
+]
+
+
+class ParamsError(ValueError):
+    """A vector, state_dict or ArrayRecord does not match the expected parameter layout."""
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Keys, shapes and dtypes of a model's state, in ``state_dict`` order."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+
+    @property
+    def numel(self) -> int:
+        """d, the length of the flat vector."""
+        return sum(self.sizes)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    def offsets(self) -> list[tuple[str, int, int]]:
+        """(key, start, stop) of each entry in the flat vector."""
+        out, start = [], 0
+        for key, size in zip(self.keys, self.sizes, strict=True):
+            out.append((key, start, start + size))
+            start += size
+        return out
+
+    @classmethod
+    def of(cls, source: nn.Module | Mapping[str, torch.Tensor] | ArrayRecord) -> ParamLayout:
+        """The layout of a model, a state_dict, or an ArrayRecord."""
+        if isinstance(source, ArrayRecord):
+            return cls(
+                keys=tuple(source.keys()),
+                shapes=tuple(tuple(int(s) for s in a.shape) for a in source.values()),
+                dtypes=tuple(_torch_dtype(a.dtype) for a in source.values()),
+            )
+        state = _state(source)
+        return cls(
+            keys=tuple(state),
+            shapes=tuple(tuple(t.shape) for t in state.values()),
+            dtypes=tuple(t.dtype for t in state.values()),
+        )
+
+    def check_vector(self, vec: torch.Tensor, what: str = "vector") -> None:
+        if not isinstance(vec, torch.Tensor) or vec.ndim != 1 or vec.numel() != self.numel:
+            shape = tuple(vec.shape) if isinstance(vec, torch.Tensor) else type(vec).__name__
+            raise ParamsError(f"{what} must be a 1-D tensor of length {self.numel}, got {shape}")
+
+
+def _state(source: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    if isinstance(source, nn.Module):
+        return source.state_dict()
+    if isinstance(source, Mapping):
+        return source
+    raise ParamsError(f"expected an nn.Module, a state_dict or an ArrayRecord, got {type(source)}")
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    try:
+        return torch.from_numpy(np.empty(0, dtype=np.dtype(name))).dtype
+    except TypeError:
+        raise ParamsError(f"unsupported array dtype {name!r} in ArrayRecord") from None
+
+
+def flatten(state: nn.Module | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(d,) float32, a new tensor: the state's entries flattened and concatenated in order."""
+    tensors = [t.detach().reshape(-1).to(torch.float32) for t in _state(state).values()]
+    if not tensors:
+        raise ParamsError("cannot flatten an empty state_dict")
+    return torch.cat(tensors)
+
+
+def unflatten(vec: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:
+    """A state_dict (new tensors, not views of ``vec``) with the layout's keys, shapes, dtypes."""
+    layout.check_vector(vec)
+    pieces = torch.split(vec.detach(), layout.sizes)
+    return {
+        key: piece.reshape(shape).to(dtype, copy=True)
+        for key, shape, dtype, piece in zip(
+            layout.keys, layout.shapes, layout.dtypes, pieces, strict=True
+        )
+    }
+
+
+def load_vector(model: nn.Module, vec: torch.Tensor) -> None:
+    """Copy the flat ``vec`` into ``model``'s parameters and buffers, in place."""
+    state = model.state_dict()
+    layout = ParamLayout.of(state)
+    layout.check_vector(vec)
+    with torch.no_grad():
+        for key, start, stop in layout.offsets():
+            target = state[key]
+            target.copy_(vec[start:stop].view(target.shape))
+
+
+def to_arrayrecord(vec: torch.Tensor, layout: ParamLayout) -> ArrayRecord:
+    """A Flower ArrayRecord with one numpy Array per layout key (shape and dtype preserved)."""
+    state = unflatten(vec, layout)
+    return ArrayRecord({k: Array(t.numpy()) for k, t in state.items()})
+
+
+def arrayrecord_to_vector(
+    record: ArrayRecord, layout: ParamLayout, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The (d,) float32 vector of ``record``, checked against ``layout`` (keys, order, shapes).
+
+    With ``out`` (a contiguous float32 (d,) tensor, e.g. ``updates[i]`` of the server's (n, d)
+    matrix) the values are written straight into it and ``out`` is returned.
+    """
+    if not isinstance(record, ArrayRecord):
+        raise ParamsError(f"expected an ArrayRecord, got {type(record).__name__}")
+    if tuple(record.keys()) != layout.keys:
+        missing = [k for k in layout.keys if k not in record]
+        extra = [k for k in record if k not in layout.keys]
+        raise ParamsError(
+            f"ArrayRecord keys do not match the model: missing {missing}, unexpected {extra}"
+            + ("" if missing or extra else " (same keys, different order)")
+        )
+    if out is None:
+        out = torch.empty(layout.numel, dtype=torch.float32)
+    elif out.dtype != torch.float32 or out.shape != (layout.numel,) or not out.is_contiguous():
+        raise ParamsError(
+            f"out must be a contiguous float32 tensor of shape ({layout.numel},), got "
+            f"{out.dtype} {tuple(out.shape)}"
+        )
+    target = out.numpy()
+    for (key, start, stop), shape in zip(layout.offsets(), layout.shapes, strict=True):
+        array = record[key].numpy()  # deserialises: call once
+        if tuple(array.shape) != shape:
+            raise ParamsError(f"ArrayRecord[{key!r}] has shape {array.shape}, expected {shape}")
+        if not np.issubdtype(array.dtype, np.number):
+            raise ParamsError(f"ArrayRecord[{key!r}] has non-numeric dtype {array.dtype}")
+        target[start:stop] = array.reshape(-1)
+    return out

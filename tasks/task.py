@@ -1,0 +1,188 @@
+"""The learning task of a run, built once per process: dataset, federated split, model, training.
+
+``get_task(cfg)`` loads the dataset (itself cached per process), draws the split and the initial
+model once per *task key* — the RunConfig fields that define the task: dataset, data_root,
+partition and the parameter of that scheme (alpha for dirichlet, q for bias, shards_per_client for
+shards), min_partition_size, num_clients, seed, model and root_size — and hands out a
+:class:`Task`. Training hyper-parameters are not part of the key: a sweep over ``lr`` shares one
+split; each distinct :class:`TrainConfig` gets its own (cheap) ``Task`` view of the shared core.
+
+Seeds: the split is drawn from ``cfg.seed`` (``derive_seed(seed, "partition", scheme)``), the
+initial model from ``derive_seed(cfg.seed, "init")``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tasks.config import RunConfig
+from tasks.datasets import Dataset, load_dataset
+from tasks.models import build_model
+from tasks.params import ParamLayout, flatten, load_vector
+from tasks.partition import FederatedSplit, federated_split
+from tasks.seeding import derive_seed
+from tasks.training import TrainConfig, supports_batched
+
+__all__ = ["Task", "TaskError", "TaskKey", "clear_cache", "get_task", "task_key"]
+
+
+class TaskError(ValueError):
+    """A partition id out of range, or another misuse of a Task."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Core:
+    key: TaskKey
+    dataset: Dataset
+    split: FederatedSplit
+    model_name: str
+    init_seed: int
+    layout: ParamLayout
+    initial: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """What clients train and the server evaluates. Tensors are shared: do not modify them."""
+
+    core: _Core
+    train_config: TrainConfig
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.core.dataset
+
+    @property
+    def split(self) -> FederatedSplit:
+        return self.core.split
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.core.layout
+
+    @property
+    def num_clients(self) -> int:
+        return self.core.split.num_clients
+
+    @property
+    def batched(self) -> bool:
+        """Whether ``tasks.training.train_many`` vmaps this model (a speed-up on CPU)."""
+        return supports_batched(self.new_model())
+
+    def new_model(self) -> nn.Module:
+        """A fresh model with the run's initial parameters (same for a given ``cfg.seed``)."""
+        ds = self.core.dataset
+        return build_model(
+            self.core.model_name, ds.input_shape, ds.num_classes, seed=self.core.init_seed
+        )
+
+    def model_from_vector(self, vec: torch.Tensor) -> nn.Module:
+        """A fresh model holding the flat parameters ``vec``."""
+        model = self.new_model()
+        load_vector(model, vec)
+        return model
+
+    def initial_vector(self) -> torch.Tensor:
+        """(d,) float32 initial global parameters (a copy)."""
+        return self.core.initial.clone()
+
+    def client_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of partition ``pid`` (new tensors gathered from the train set)."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.num_clients:
+            raise TaskError(f"partition id must be an int in [0, {self.num_clients}), got {pid!r}")
+        return self._gather(self.core.split.clients[pid])
+
+    def root_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of FLTrust's root set D0 (disjoint from every client); raises if root_size=0."""
+        if len(self.core.split.root) == 0:
+            raise TaskError("this task has no root set: set root_size > 0 in the run config")
+        return self._gather(self.core.split.root)
+
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.core.dataset.test_x, self.core.dataset.test_y
+
+    def _gather(self, indices: object) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.core.dataset.train_x[idx], self.core.dataset.train_y[idx]
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """The RunConfig fields that define a task; ``scheme_param`` is alpha, q or shards_per_client
+    for dirichlet, bias or shards (None for iid)."""
+
+    dataset: str
+    data_root: str
+    partition: str
+    scheme_param: float | int | None
+    min_partition_size: int
+    num_clients: int
+    seed: int
+    model: str
+    root_size: int
+
+
+_SCHEME_PARAM = {"dirichlet": "alpha", "bias": "q", "shards": "shards_per_client"}
+
+
+def task_key(cfg: RunConfig) -> TaskKey:
+    """The task-defining fields of ``cfg`` (see the module docstring)."""
+    param_name = _SCHEME_PARAM.get(cfg.partition)
+    return TaskKey(
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        partition=cfg.partition,
+        scheme_param=getattr(cfg, param_name) if param_name else None,
+        min_partition_size=cfg.min_partition_size,
+        num_clients=cfg.num_clients,
+        seed=cfg.seed,
+        model=cfg.model,
+        root_size=cfg.root_size,
+    )
+
+
+def get_task(cfg: RunConfig) -> Task:
+    """The cached :class:`Task` of ``cfg`` (same object for the same task key and TrainConfig)."""
+    return _task(_core(task_key(cfg)), TrainConfig.from_run_config(cfg))
+
+
+def clear_cache() -> None:
+    """Forget cached tasks (the dataset cache is ``tasks.datasets.clear_cache``)."""
+    _core.cache_clear()
+    _task.cache_clear()
+
+
+@functools.lru_cache(maxsize=16)
+def _task(core: _Core, train_config: TrainConfig) -> Task:
+    return Task(core=core, train_config=train_config)
+
+
+@functools.lru_cache(maxsize=8)
+def _core(key: TaskKey) -> _Core:
+    dataset = load_dataset(key.dataset, root=key.data_root or None)
+    param_name = _SCHEME_PARAM.get(key.partition)
+    extra = {param_name: key.scheme_param} if param_name else {}
+    split = federated_split(
+        dataset.train_y.numpy(),
+        key.num_clients,
+        key.partition,
+        seed=key.seed,
+        min_size=key.min_partition_size,
+        root_size=key.root_size,
+        **extra,  # type: ignore[arg-type]
+    )
+    init_seed = derive_seed(key.seed, "init")
+    model = build_model(key.model, dataset.input_shape, dataset.num_classes, seed=init_seed)
+    return _Core(
+        key=key,
+        dataset=dataset,
+        split=split,
+        model_name=key.model,
+        init_seed=init_seed,
+        layout=ParamLayout.of(model),
+        initial=flatten(model),
+    )
