@@ -1,0 +1,101 @@
+"""fedshield's Flower ClientApp: local training on this node's partition (honest or poisoned).
+
+- ``node_config`` gives ``partition-id`` and ``num-partitions`` (set by the Simulation Engine; in a
+  deployment pass ``flower-supernode --node-config "partition-id=0 num-partitions=3"``);
+  ``num-partitions`` must equal the run's ``num-clients``. An optional node-config key ``malicious``
+  (bool) overrides the run config's choice for this node (a red-team SuperNode in a deployment).
+- Otherwise a node is malicious iff its partition id is in ``RunConfig.malicious_ids()``
+  (chosen from the seed). A malicious node with a *data* attack trains on poisoned data
+  (``clients.client.client_update`` with the attack); with a *model* attack it trains honestly and
+  the ServerApp's simulation adversary stage rewrites its update.
+- Reply: ``arrays`` (ArrayRecord, the local model θ_t + Δ, same keys/shapes/dtypes as received),
+  ``metrics`` (MetricRecord ``train-loss``, ``num-examples``), and ``meta`` (ConfigRecord
+  ``partition-id``, ``malicious``: ground truth for detection metrics; never in the MetricRecord,
+  which Flower averages).
+- ``evaluate``: loss/accuracy of the received model on this node's own partition (federated
+  evaluation; fedshield's ServerApp evaluates centrally and does not send evaluate messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from tasks.task import get_task
+
+from tasks.config import ConfigError, RunConfig
+from tasks.params import arrayrecord_to_vector, load_vector, to_arrayrecord
+
+app = ClientApp()
+
+
+def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
+    """(partition id, malicious?) of this node; raises ConfigError on a bad node_config."""
+    nc = context.node_config
+    try:
+        pid = int(nc["partition-id"])
+        nparts = int(nc["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(
+            "node_config needs integer 'partition-id' and 'num-partitions' "
+            f"(flower-supernode --node-config), got {dict(nc)!r}"
+        ) from None
+    if nparts != cfg.num_clients:
+        raise ConfigError(f"node_config num-partitions={nparts} != run config "
+                          f"num-clients={cfg.num_clients}")
+    if not 0 <= pid < nparts:
+        raise ConfigError(f"node_config partition-id={pid} not in [0, {nparts})")
+    if "malicious" in nc:
+        flag = nc["malicious"]
+        if not isinstance(flag, bool):
+            raise ConfigError(f"node_config malicious must be a boolean, got {flag!r}")
+        return pid, flag
+    return pid, pid in set(cfg.malicious_ids())
+
+
+def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
+    if cfg.attack == "none":
+        return None
+    from clients.attacks import create_attack
+
+    attack = create_attack(cfg.attack, num_classes=dataset.num_classes, low=dataset.low,
+                           high=dataset.high, **cfg.attack_params)
+    return attack if attack.kind == "data" else None
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from clients.client import client_update
+
+    cfg = RunConfig.from_flower(context.run_config)
+    pid, malicious = node_identity(context, cfg)
+    task = get_task(cfg)
+    received: ArrayRecord = msg.content["arrays"]
+    global_vec = arrayrecord_to_vector(received, task.layout)
+    server_round = int(msg.content["config"]["server-round"])
+    attack = _data_attack(cfg, task.dataset) if malicious else None
+    result = client_update(task, pid, global_vec, server_round, attack=attack, cfg=cfg)
+    content = RecordDict({
+        "arrays": to_arrayrecord(global_vec + result.delta, task.layout),
+        "metrics": MetricRecord({"train-loss": float(result.loss),
+                                 "num-examples": int(result.num_examples)}),
+        "meta": ConfigRecord({"partition-id": pid, "malicious": bool(malicious)}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    from tasks.training import evaluate as evaluate_model
+
+    cfg = RunConfig.from_flower(context.run_config)
+    pid, _ = node_identity(context, cfg)
+    task = get_task(cfg)
+    model = task.new_model()
+    load_vector(model, arrayrecord_to_vector(msg.content["arrays"], task.layout))
+    x, y = task.client_data(pid)
+    result = evaluate_model(model, x, y)
+    return Message(content=RecordDict({"metrics": MetricRecord({
+        "eval-loss": float(result.loss), "eval-acc": float(result.accuracy),
+        "num-examples": len(y)})}), reply_to=msg)

@@ -1,0 +1,131 @@
+"""Per-round checkpoints of the global model, and resume after a crash.
+
+Layout: ``<output_dir>/checkpoints/round-000007.pt``, one file per finished round, each a
+``torch.save`` of ``{"round", "vector" (d,) float32, "model_hash", "keys", "shapes", "rule_state",
+"meta"}``. Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never
+leaves a truncated "latest" checkpoint; only the ``keep`` most recent are kept.
+
+Resume policy (ServerApp, run_config ``resume=true``): the run restarts after the latest
+checkpoint's round, from its vector, appending to the same ledger and ``rounds.jsonl``.
+A checkpoint whose ``keys``/``shapes`` differ from the task's model, or whose round exceeds
+the configured rounds, is refused with :class:`CheckpointError` (another experiment wrote
+that output_dir).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.ledger import tensor_hash
+
+_NAME = re.compile(r"^round-(\d{6})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used to resume this run; the message says why."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    vector: torch.Tensor
+    keys: list[str] = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
+    rule_state: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointStore:
+    """Save/load round checkpoints under ``directory``."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2) -> None:
+        if keep < 1:
+            raise CheckpointError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def path_for(self, server_round: int) -> Path:
+        return self.directory / f"round-{server_round:06d}.pt"
+
+    def rounds(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save(self, ckpt: Checkpoint) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        vec = ckpt.vector.detach().to(torch.float32).contiguous().clone()
+        payload = {
+            "round": int(ckpt.round),
+            "vector": vec,
+            "model_hash": tensor_hash(vec),
+            "keys": list(ckpt.keys),
+            "shapes": [list(s) for s in ckpt.shapes],
+            "rule_state": ckpt.rule_state,
+            "meta": dict(ckpt.meta),
+        }
+        target = self.path_for(ckpt.round)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in self.rounds()[: -self.keep]:
+            self.path_for(old).unlink(missing_ok=True)
+        return target
+
+    def load(self, server_round: int) -> Checkpoint:
+        path = self.path_for(server_round)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+            vec = data["vector"]
+        except Exception as exc:  # a damaged file raises anything from pickle/zip/torch
+            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc!r}") from None
+        if tensor_hash(vec) != data.get("model_hash"):
+            raise CheckpointError(f"checkpoint {str(path)!r}: vector does not match its model_hash")
+        return Checkpoint(
+            round=int(data["round"]),
+            vector=vec,
+            keys=list(data.get("keys", [])),
+            shapes=[list(s) for s in data.get("shapes", [])],
+            rule_state=data.get("rule_state"),
+            meta=dict(data.get("meta", {})),
+        )
+
+    def latest(self) -> Checkpoint | None:
+        """The most recent readable checkpoint, or None when there is none."""
+        for server_round in reversed(self.rounds()):
+            try:
+                return self.load(server_round)
+            except CheckpointError:
+                continue  # a damaged newest file: fall back to the previous one
+        return None
+
+
+def check_compatible(
+    ckpt: Checkpoint, keys: list[str], shapes: list[list[int]], rounds: int
+) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt`` belongs to a model with these keys/shapes
+    and leaves rounds to run (``ckpt.round <= rounds``)."""
+    if ckpt.keys and (ckpt.keys != list(keys) or ckpt.shapes != [list(s) for s in shapes]):
+        raise CheckpointError(
+            "checkpoint model layout differs from the task's model (different model/dataset "
+            "wrote this output_dir); use another output_dir or resume=false"
+        )
+    if ckpt.round > rounds:
+        raise CheckpointError(
+            f"checkpoint is at round {ckpt.round} but the run has rounds={rounds}"
+        )

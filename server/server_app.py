@@ -1,0 +1,233 @@
+"""fedshield's Flower ServerApp: ``RobustStrategy`` driven by the run's ``RunConfig``.
+
+``flwr run .`` (simulation) or ``flwr run . <connection>`` (deployment) starts it; every knob is a
+``[tool.flwr.app.config]`` key (``tasks.config.RunConfig`` in kebab-case), overridable with
+``--run-config "aggregator='krum' aggregator-params='{\\"f\\": 2}' rounds=3"``. One extra key,
+``resume`` (bool, default false), is read here and is not part of ``RunConfig``.
+
+What one run does:
+
+- builds the task (``tasks.task.get_task``), the rule (``aggregators.create``), and — when the run
+  has an attack — the attack object (lazily from ``clients.attacks``): a *model* attack becomes the
+  simulation's colluding adversary stage (``clients.attacks.adversary.apply_model_attack``
+  between the replies and the rule, on the rows whose ClientApp reported ``malicious=True``,
+  seeded by ``(seed, "attack", round)``); a *data* attack runs inside the malicious
+  ClientApps and here only provides the backdoor test inputs (ASR). A production
+  deployment keeps ``attack='none'``;
+- samples ``clients_per_round`` nodes per round (all when 0) with ``(seed, "sample", round)``, waits
+  for ``num_clients`` nodes to be connected;
+- FLTrust-style rules get the server's root-data update (``server.reference``) every round;
+- evaluates the global model on the test set every ``eval_every`` rounds and at the last round.
+
+Files, when ``output_dir`` is set (use an absolute path in deployment: the ServerApp process's
+working directory is the SuperLink's):
+
+- ``ledger.jsonl``   hash-chained audit rows (``server.ledger``): a ``start`` row (run config, rule,
+  initial model hash), a ``round`` row per round (``RobustStrategy`` report), ``resume`` rows;
+- ``checkpoints/round-NNNNNN.pt`` the global model after each round (``server.checkpoint``);
+- ``rounds.jsonl``   one JSON row per round, appended after the round's evaluation::
+
+      {"round": t, "clients": n_valid, "partition_ids": [...], "malicious_in_round": [pids],
+       "accepted": [0|1 per valid row] | null, "weights": [float per valid row] | null,
+       "update_norms": [float per valid row], "aggregation_seconds", "train_loss",
+       "accuracy", "loss", "asr" (null when not evaluated / no ASR inputs),
+       "replies", "valid", "rejected", "rejected_by_reason": {reason: n}, "skipped", "skip_reason",
+       "model_hash", "round_seconds", "decisions": [the report's per-client dicts]}
+
+  The per-valid-row lists are in aggregation order: sorted by (partition id, node id).
+- ``final.pt``       ``torch.save`` of the final global vector, a (d,) float32 tensor.
+
+Resume (``resume=true``): if ``output_dir/checkpoints`` holds a checkpoint of the same model, the
+run continues after its round from its vector (rounds, seeds and sampling continue as if
+uninterrupted; a stateful rule's state is restored), appending to the ledger (a ``resume`` row)
+and to ``rounds.jsonl``. Rows of rounds after the checkpoint (a crash between the row and the
+checkpoint) are dropped from ``rounds.jsonl`` so every round appears once; the ledger keeps
+them (append-only). Without ``resume``, an ``output_dir`` that already holds a ledger is
+refused (``ServerAppError``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from tasks.task import get_task
+
+import aggregators
+from server.checkpoint import CheckpointStore, check_compatible
+from server.evaluation import GlobalEvaluator
+from server.ledger import Ledger, tensor_hash
+from server.reference import reference_update
+from server.strategy import RobustStrategy
+from tasks.config import RunConfig
+from tasks.params import arrayrecord_to_vector, to_arrayrecord
+from tasks.seeding import torch_generator
+
+
+class ServerAppError(ValueError):
+    """The ServerApp cannot start with this configuration / output_dir."""
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)
+    resume = context.run_config.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ServerAppError(f"resume must be a boolean, got {resume!r}")
+    run_server(grid, cfg, resume=resume)
+
+
+def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
+    """The run's attack object (None for attack='none' or no malicious client)."""
+    if cfg.attack == "none" or cfg.malicious_count == 0:
+        return None
+    from clients.attacks import create_attack  # simulation-only dependency, deliberately lazy
+
+    return create_attack(cfg.attack, num_classes=dataset.num_classes, low=dataset.low,
+                         high=dataset.high, **cfg.attack_params)
+
+
+def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Tensor:
+    """Run ``cfg`` on ``grid``; returns the final global vector (also written to final.pt)."""
+    task = get_task(cfg)
+    rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
+    attack = build_attack(cfg, task.dataset)
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    start_vec, done = task.initial_vector().clone(), 0
+    ledger = store = None
+    rounds_path = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        rounds_path = out / "rounds.jsonl"
+        store = CheckpointStore(out / "checkpoints")
+        if (out / "ledger.jsonl").exists() and not resume:
+            raise ServerAppError(
+                f"output_dir {str(out)!r} already holds a run (ledger.jsonl); pass resume=true "
+                "to continue it or choose another output_dir"
+            )
+        ledger = Ledger(out / "ledger.jsonl")
+    strategy = RobustStrategy(
+        rule, server_lr=cfg.server_lr,
+        reference_fn=(lambda rnd, g: reference_update(task, g, rnd, cfg))
+        if rule.needs_reference else None,
+        adversary=_adversary(cfg, attack, rule), ledger=ledger, checkpoints=store,
+        sample_seed=cfg.seed,
+        fraction_train=(cfg.clients_per_round or cfg.num_clients) / cfg.num_clients,
+        min_train_nodes=cfg.clients_per_round or cfg.num_clients,
+        min_available_nodes=cfg.num_clients, fraction_evaluate=0.0,
+    )
+    ckpt = store.latest() if (resume and store is not None) else None
+    if ckpt is not None:
+        check_compatible(ckpt, list(task.layout.keys), [list(s) for s in task.layout.shapes],
+                         cfg.rounds)
+        start_vec, done = ckpt.vector.clone(), ckpt.round
+        strategy.restore(ckpt)
+        _truncate_rows(rounds_path, done)
+        ledger.append({"kind": "resume", "from_round": done, "model_hash": tensor_hash(start_vec)})
+        log(INFO, "Resuming from checkpoint of round %s", done)
+    elif ledger is not None:
+        ledger.append({"kind": "start", "config": _config_json(cfg), "rule": rule.name,
+                       "rule_params": rule.params(), "model_hash": tensor_hash(start_vec)})
+    final = start_vec
+    if done < cfg.rounds:
+        evaluate_fn = _evaluate_fn(cfg, task, attack, strategy, rounds_path)
+        strategy.start(grid, to_arrayrecord(start_vec, task.layout), num_rounds=cfg.rounds - done,
+                       evaluate_fn=evaluate_fn)
+        final = strategy.latest_vec if strategy.latest_vec is not None else start_vec
+    if out is not None:
+        _atomic_torch_save(final.detach().to(torch.float32).clone(), out / "final.pt")
+    return final
+
+
+def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
+    if attack is None or attack.kind != "model":
+        return None
+    from clients.attacks.adversary import apply_model_attack
+
+    def stage(rnd: int, updates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return apply_model_attack(updates, mask, attack, aggregator=rule,
+                                  generator=torch_generator(cfg.seed, "attack", rnd))
+
+    return stage
+
+
+def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrategy,
+                 rounds_path: Path | None):
+    evaluator = GlobalEvaluator(task, attack)
+    clock = {"t": time.perf_counter()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:  # Flower's pre-training call: no row (the rounds start at 1)
+            clock["t"] = time.perf_counter()
+            return None
+        rnd = server_round + strategy.round_offset
+        metrics: dict[str, float | None] = {"accuracy": None, "loss": None, "asr": None}
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            metrics = evaluator(arrayrecord_to_vector(arrays, task.layout))
+        row = rounds_row(strategy.reports.get(rnd, {"round": rnd}), metrics)
+        now = time.perf_counter()
+        row["round_seconds"], clock["t"] = now - clock["t"], now
+        if rounds_path is not None:
+            with open(rounds_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, allow_nan=False) + "\n")
+        values = {k: v for k, v in metrics.items() if v is not None}
+        return MetricRecord(values) if values else None
+
+    return evaluate_fn
+
+
+def rounds_row(report: dict[str, Any], metrics: dict[str, float | None]) -> dict[str, Any]:
+    """The ``rounds.jsonl`` row of one round (format in the module docstring)."""
+    valid = [c for c in report.get("clients", []) if c["status"] != "rejected"]
+    has_accept = report.get("has_accepted", False)
+    weights = [c["weight"] for c in valid]
+    return {
+        "round": report["round"],
+        "clients": len(valid),
+        "partition_ids": [c["partition_id"] for c in valid],
+        "malicious_in_round": [c["partition_id"] for c in valid if c["malicious"]],
+        "accepted": [int(c["status"] == "accepted") for c in valid] if has_accept else None,
+        "weights": weights if valid and all(w is not None for w in weights) else None,
+        "update_norms": [c["update_norm"] for c in valid],
+        "aggregation_seconds": report.get("aggregation_seconds"),
+        "train_loss": report.get("train_loss"),
+        **metrics,
+        "replies": report.get("replies"), "valid": report.get("valid"),
+        "rejected": report.get("rejected"),
+        "rejected_by_reason": report.get("rejected_by_reason", {}),
+        "skipped": report.get("skipped"), "skip_reason": report.get("skip_reason", ""),
+        "model_hash": report.get("model_hash_after"),
+        "decisions": report.get("clients", []),
+    }
+
+
+def _truncate_rows(path: Path | None, last_round: int) -> None:
+    if path is None or not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("round", 0) <= last_round]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _config_json(cfg: RunConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,68 @@
+"""Builders of Flower Messages for offline strategy tests (explicit Metadata: no run needed)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
+SHAPES = {"w": (2, 3), "b": (3,)}
+
+
+def global_record(offset: float = 0.0) -> ArrayRecord:
+    """w = [[0,1,2],[3,4,5]] + offset, b = [10, 11, 12] + offset."""
+    w = np.arange(6, dtype=np.float32).reshape(2, 3) + offset
+    b = np.array([10, 11, 12], dtype=np.float32) + offset
+    return ArrayRecord({"w": Array(w), "b": Array(b)})
+
+
+def flat(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate([record[k].numpy().reshape(-1) for k in record])
+
+
+def metadata(node_id: int, message_id: str = "r") -> Metadata:
+    return Metadata(run_id=1, message_id=f"{message_id}{node_id}", src_node_id=node_id,
+                    dst_node_id=0, reply_to_message_id="m1", group_id="1",
+                    created_at=time.time(), ttl=3600.0, message_type=MessageType.TRAIN)
+
+
+def reply(node_id: int, delta: Any, *, pid: int | None = None, malicious: bool = False,
+          num_examples: Any = 10, loss: float = 0.5, base: ArrayRecord | None = None,
+          arrays: ArrayRecord | None = None, drop: tuple[str, ...] = (),
+          extra: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Message:
+    """A train reply whose local model is ``base + delta`` (delta: scalar or flat (9,) array)."""
+    base = base if base is not None else global_record()
+    if arrays is None:
+        vec = flat(base) + np.asarray(delta, dtype=np.float32)
+        arrays = ArrayRecord({"w": Array(vec[:6].reshape(2, 3).copy()),
+                              "b": Array(vec[6:].copy())})
+    metrics: dict[str, Any] = {"train-loss": loss}
+    if num_examples is not None:
+        metrics["num-examples"] = num_examples
+    content: dict[str, Any] = {
+        "arrays": arrays,
+        "metrics": MetricRecord(metrics),
+        "meta": ConfigRecord(meta if meta is not None else
+                             {"partition-id": node_id if pid is None else pid,
+                              "malicious": malicious}),
+    }
+    for key in drop:
+        content.pop(key)
+    content.update(extra or {})
+    return Message(content=RecordDict(content), metadata=metadata(node_id))
+
+
+def error_reply(node_id: int, reason: str = "ClientApp raised") -> Message:
+    return Message(error=Error(code=3, reason=reason), metadata=metadata(node_id))

@@ -1,0 +1,128 @@
+"""Hash-chained ledger: the chain verifies, each kind of tampering is located, resume continues it;
+checkpoints: atomic save, latest, keep, integrity, compatibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from server.checkpoint import Checkpoint, CheckpointError, CheckpointStore, check_compatible
+from server.ledger import (
+    GENESIS,
+    Ledger,
+    LedgerError,
+    canonical_json,
+    main,
+    row_hash,
+    tensor_hash,
+    verify_ledger,
+)
+
+
+def write(path, n=4):
+    ledger = Ledger(path)
+    for i in range(n):
+        ledger.append({"kind": "round", "round": i + 1, "value": i * 0.5})
+    return ledger
+
+
+def lines(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_row_hash_is_sha256_of_canonical_json(tmp_path):
+    path = tmp_path / "l.jsonl"
+    Ledger(path).append({"b": 1, "a": "é"})
+    row = json.loads(lines(path)[0])
+    body = '{"a":"é","b":1,"prev_hash":"' + GENESIS + '","seq":0}'
+    assert row["hash"] == hashlib.sha256(body.encode("utf-8")).hexdigest()
+    assert row["prev_hash"] == GENESIS
+
+
+def test_intact_chain_verifies(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = write(path)
+    check = verify_ledger(path)
+    assert check.ok and check.rows == 4 and check.first_bad is None
+    assert check.last_hash == ledger.last_hash
+
+
+@pytest.mark.parametrize(("tamper", "first_bad", "why"), [
+    ("edit", 3, "modified"),
+    ("delete", 2, "seq"),
+    ("swap", 2, "seq"),
+    ("garbage", 5, "JSON"),
+    ("relink", 4, "prev_hash"),
+])
+def test_tampering_names_first_bad_row(tmp_path, tamper, first_bad, why):
+    path = tmp_path / "l.jsonl"
+    write(path)
+    rows = lines(path)
+    if tamper == "edit":
+        rows[2] = rows[2].replace('"value":1.0', '"value":9.0')
+    elif tamper == "delete":
+        del rows[1]
+    elif tamper == "swap":
+        rows[1], rows[2] = rows[2], rows[1]
+    elif tamper == "garbage":
+        rows.append("{not json")
+    elif tamper == "relink":  # recompute row 3's own hash after editing: the next link breaks
+        row = json.loads(rows[2])
+        row["value"] = 9.0
+        row["hash"] = row_hash(row)
+        rows[2] = canonical_json(row).decode()
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    check = verify_ledger(path)
+    assert not check.ok and check.first_bad == first_bad and why in check.reason
+    assert main(["verify", str(path)]) == 1
+
+
+def test_reopen_continues_chain_and_refuses_broken_file(tmp_path):
+    path = tmp_path / "l.jsonl"
+    write(path, 2)
+    Ledger(path).append({"kind": "resume"})
+    check = verify_ledger(path)
+    assert check.ok and check.rows == 3
+    path.write_text(path.read_text().replace('"round":1', '"round":7'))
+    with pytest.raises(LedgerError, match="line 1"):
+        Ledger(path)
+    with pytest.raises(LedgerError, match="reserved"):
+        Ledger(tmp_path / "other.jsonl").append({"hash": "x"})
+
+
+def test_cli_ok_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "l.jsonl"
+    write(path, 1)
+    assert main(["verify", str(path)]) == 0
+    assert "OK: 1 rows" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "nope.jsonl")]) == 1
+
+
+def test_tensor_hash_depends_on_values_only():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert tensor_hash(a) == tensor_hash(a.clone().numpy()) == tensor_hash(a.double())
+    assert tensor_hash(a) != tensor_hash(torch.tensor([1.0, 2.0, 3.0001]))
+
+
+def test_checkpoints_latest_keep_and_integrity(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for rnd in (1, 2, 3):
+        store.save(Checkpoint(rnd, torch.full((4,), float(rnd)), ["w"], [[4]]))
+    assert store.rounds() == [2, 3]
+    latest = store.latest()
+    assert latest.round == 3 and torch.equal(latest.vector, torch.full((4,), 3.0))
+    store.path_for(3).write_bytes(b"truncated")  # crash mid-write of a non-atomic writer
+    assert store.latest().round == 2
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_checkpoint_compatibility(tmp_path):
+    ck = Checkpoint(3, torch.zeros(4), ["w"], [[4]])
+    check_compatible(ck, ["w"], [[4]], rounds=5)
+    with pytest.raises(CheckpointError, match="layout"):
+        check_compatible(ck, ["w"], [[2, 2]], rounds=5)
+    with pytest.raises(CheckpointError, match="rounds=2"):
+        check_compatible(ck, ["w"], [[4]], rounds=2)

@@ -1,0 +1,276 @@
+"""RobustStrategy on constructed replies: deltas, server lr, validation of every malformed kind,
+capping, skipping, determinism, FLTrust reference, adversary hook, ledger and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from helpers_flower import error_reply, flat, global_record, reply
+
+from aggregators import Aggregation, Rule
+from server.checkpoint import CheckpointStore
+from server.ledger import Ledger, verify_ledger
+from server.strategy import RobustStrategy, StrategyError
+
+
+class Mean(Rule):
+    """Unweighted mean; records what it was called with."""
+
+    name = "test-mean"
+
+    def __init__(self, min_n: int = 1) -> None:
+        self.min_n = min_n
+        self._calls: list[dict] = []
+
+    @property
+    def calls(self) -> list[dict]:
+        return self._calls
+
+    def min_clients(self) -> int:
+        return self.min_n
+
+    def __call__(self, updates, **context):
+        self.calls.append({"updates": updates.clone(), **context})
+        return Aggregation(updates.mean(dim=0))
+
+
+class PickFirst(Rule):
+    """Selects row 0 only (like a selection rule), weights one-hot."""
+
+    name = "test-pick-first"
+
+    def __call__(self, updates, **context):
+        n = updates.shape[0]
+        accepted = torch.zeros(n, dtype=torch.bool)
+        accepted[0] = True
+        return Aggregation(updates[0].clone(), accepted=accepted, weights=accepted.float())
+
+
+class NeedsRef(Mean):
+    name = "test-ref"
+    needs_reference = True
+
+    def __call__(self, updates, **context):
+        self.calls.append(context)
+        return Aggregation(context["reference"].clone())
+
+
+def run_round(strategy, replies, *, nodes=None, arrays=None):
+    strategy.begin_round(arrays or global_record(), sent_nodes=nodes)
+    return strategy.aggregate_train(1, replies)
+
+
+def test_mean_of_deltas_with_server_lr_hand_computed():
+    strategy = RobustStrategy(Mean(), server_lr=0.5)
+    new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 2.0), reply(3, 6.0)])
+    # mean delta = 3, server_lr 0.5 -> +1.5 on every coordinate
+    np.testing.assert_allclose(flat(new), flat(global_record()) + 1.5)
+    assert metrics["accepted"] == 3 and metrics["rejected"] == 0 and metrics["skipped"] == 0
+    assert metrics["train-loss"] == pytest.approx(0.5)
+    assert new["w"].shape == (2, 3) and new["w"].dtype == "float32"
+
+
+def test_aggregates_deltas_not_weights():
+    strategy = RobustStrategy(Mean())
+    base = global_record(offset=1000.0)
+    run_round(strategy, [reply(1, 0.25, base=base), reply(2, -0.25, base=base)], arrays=base)
+    got = strategy.rule.calls[0]["updates"]
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    torch.testing.assert_close(got, torch.tensor([[0.25] * 9, [-0.25] * 9]))
+
+
+BAD_REPLIES = {
+    "error-reply": lambda: error_reply(9),
+    "missing-record": lambda: reply(9, 0.0, drop=("metrics",)),
+    "extra-record": lambda: reply(9, 0.0, extra={"sneaky": ConfigRecord({"x": 1})}),
+    "keys-mismatch": lambda: reply(9, 0.0, arrays=ArrayRecord({
+        "w": Array(np.zeros((2, 3), np.float32)), "c": Array(np.zeros(3, np.float32))})),
+    "shape-mismatch": lambda: reply(9, 0.0, arrays=ArrayRecord({
+        "w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(3, np.float32))})),
+    "dtype-mismatch": lambda: reply(9, 0.0, arrays=ArrayRecord({
+        "w": Array(np.zeros((2, 3), np.float64)), "b": Array(np.zeros(3, np.float32))})),
+    "non-finite": lambda: reply(9, np.array([0, 0, np.nan, 0, 0, 0, 0, 0, 0])),
+    "bad-num-examples": lambda: reply(9, 0.0, num_examples=0),
+    "bad-meta": lambda: reply(9, 0.0, meta={"partition-id": "nine", "malicious": False}),
+    "undecodable": lambda: reply(9, 0.0, arrays=ArrayRecord({
+        # declared (2, 3) but the bytes hold a (6,) array
+        "w": Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray",
+                   data=Array(np.zeros(6, np.float32)).data),
+        "b": Array(np.zeros(3, np.float32))})),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_REPLIES))
+def test_malformed_reply_dropped_with_reason_round_goes_on(reason):
+    strategy = RobustStrategy(Mean())
+    good = [reply(1, 1.0), reply(2, 3.0)]
+    new, metrics = run_round(strategy, [*good, BAD_REPLIES[reason]()])
+    np.testing.assert_allclose(flat(new), flat(global_record()) + 2.0)
+    assert metrics["rejected"] == 1 and metrics[f"rejected-{reason}"] == 1
+    assert metrics["accepted"] == 2
+    report = strategy.reports[1]
+    bad = [c for c in report["clients"] if c["status"] == "rejected"]
+    assert [c["reason"] for c in bad] == [reason] and bad[0]["node_id"] == 9
+
+
+@pytest.mark.parametrize("value", [-5, 0.5, float("inf"), None])
+def test_bad_num_examples_values(value):
+    strategy = RobustStrategy(Mean())
+    _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0, num_examples=value)])
+    assert metrics["rejected-bad-num-examples"] == 1
+
+
+def test_infinite_parameter_and_key_order_rejected():
+    strategy = RobustStrategy(Mean())
+    inf = reply(3, np.array([np.inf] + [0] * 8))
+    swapped = reply(4, 0.0, arrays=ArrayRecord({"b": Array(np.zeros(3, np.float32)),
+                                               "w": Array(np.zeros((2, 3), np.float32))}))
+    _, metrics = run_round(strategy, [reply(1, 1.0), inf, swapped])
+    assert metrics["rejected-non-finite"] == 1 and metrics["rejected-keys-mismatch"] == 1
+
+
+def test_node_answering_twice_loses_both_replies():
+    strategy = RobustStrategy(Mean())
+    new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 100.0), reply(2, 100.0)])
+    assert metrics["rejected-duplicate-node"] == 2
+    np.testing.assert_allclose(flat(new), flat(global_record()) + 1.0)
+
+
+def test_reply_from_node_not_sampled_is_rejected():
+    strategy = RobustStrategy(Mean())
+    _, metrics = run_round(strategy, [reply(1, 1.0), reply(7, 5.0)], nodes=[1, 2])
+    assert metrics["rejected-unexpected-node"] == 1 and metrics["accepted"] == 1
+
+
+def test_num_examples_capped_at_factor_times_median():
+    rule = Mean()
+    strategy = RobustStrategy(rule, num_examples_cap_factor=10.0)
+    replies = [reply(1, 0.0, num_examples=20), reply(2, 0.0, num_examples=30),
+               reply(3, 0.0, num_examples=10**9)]
+    _, metrics = run_round(strategy, replies)
+    torch.testing.assert_close(rule.calls[0]["weights"], torch.tensor([20.0, 30.0, 300.0]))
+    assert metrics["capped"] == 1 and metrics["rejected"] == 0
+
+
+def test_absolute_cap_on_num_examples():
+    rule = Mean()
+    strategy = RobustStrategy(rule, max_num_examples=25, num_examples_cap_factor=None)
+    run_round(strategy, [reply(1, 0.0, num_examples=20), reply(2, 0.0, num_examples=30)])
+    torch.testing.assert_close(rule.calls[0]["weights"], torch.tensor([20.0, 25.0]))
+
+
+def test_too_few_valid_replies_keeps_the_model_and_says_so():
+    strategy = RobustStrategy(Mean(min_n=3))
+    new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0), error_reply(3)])
+    assert new is None  # Flower keeps the previous global model
+    assert metrics["skipped"] == 1
+    assert "needs 3" in strategy.reports[1]["skip_reason"]
+    assert strategy.reports[1]["model_hash_before"] == strategy.reports[1]["model_hash_after"]
+
+
+def test_replies_are_not_emptied():
+    strategy = RobustStrategy(Mean())
+    replies = [reply(1, 1.0), reply(2, 2.0)]
+    before = [flat(r.content["arrays"]).copy() for r in replies]
+    run_round(strategy, replies)
+    for r, b in zip(replies, before, strict=True):
+        assert list(r.content["arrays"].keys()) == ["w", "b"]
+        np.testing.assert_array_equal(flat(r.content["arrays"]), b)
+
+
+def test_rows_sorted_by_partition_id_whatever_the_arrival_order():
+    results = []
+    for seed in range(3):
+        replies = [reply(10 + p, float(p), pid=p) for p in range(5)]
+        random.Random(seed).shuffle(replies)
+        strategy = RobustStrategy(PickFirst())
+        new, _ = run_round(strategy, replies)
+        results.append(flat(new))
+        assert [c["partition_id"] for c in strategy.reports[1]["clients"]] == [0, 1, 2, 3, 4]
+    for r in results:
+        np.testing.assert_array_equal(r, flat(global_record()))  # partition 0's delta is 0
+
+
+def test_per_client_decisions_reported_by_node_and_partition():
+    strategy = RobustStrategy(PickFirst())
+    run_round(strategy, [reply(11, 1.0, pid=0), reply(12, 2.0, pid=1, malicious=True)])
+    clients = strategy.reports[1]["clients"]
+    assert [(c["node_id"], c["partition_id"], c["malicious"], c["status"], c["weight"])
+            for c in clients] == [(11, 0, False, "accepted", 1.0), (12, 1, True, "excluded", 0.0)]
+    assert strategy.reports[1]["accepted"] == 1
+
+
+def test_reference_rule_requires_reference_fn_and_gets_it():
+    with pytest.raises(StrategyError, match="reference_fn"):
+        RobustStrategy(NeedsRef())
+    seen = []
+
+    def ref(rnd, global_vec):
+        seen.append((rnd, global_vec.clone()))
+        return torch.full_like(global_vec, 0.125)
+
+    strategy = RobustStrategy(NeedsRef(), reference_fn=ref, round_offset=4)
+    new, _ = run_round(strategy, [reply(1, 1.0), reply(2, 1.0)])
+    assert seen[0][0] == 5  # round offset applied
+    np.testing.assert_allclose(seen[0][1].numpy(), flat(global_record()))
+    np.testing.assert_allclose(flat(new), flat(global_record()) + 0.125)
+
+
+def test_adversary_hook_rewrites_malicious_rows_only():
+    calls = []
+
+    def adversary(rnd, updates, mask):
+        calls.append(mask.tolist())
+        out = updates.clone()
+        out[mask] = -10.0
+        return out
+
+    strategy = RobustStrategy(Mean(), adversary=adversary)
+    new, _ = run_round(strategy, [reply(1, 1.0, pid=0), reply(2, 1.0, pid=1, malicious=True)])
+    assert calls == [[False, True]]
+    np.testing.assert_allclose(flat(new), flat(global_record()) + (1.0 - 10.0) / 2)
+
+
+def test_aggregator_by_name_and_bad_configuration():
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        RobustStrategy("no-such-rule")
+    with pytest.raises(StrategyError, match="server_lr"):
+        RobustStrategy(Mean(), server_lr=0.0)
+    with pytest.raises(StrategyError, match="aggregator_params"):
+        RobustStrategy(Mean(), {"f": 1})
+    with pytest.raises(StrategyError, match="before configure_train"):
+        RobustStrategy(Mean()).aggregate_train(1, [])
+
+
+def test_metric_record_holds_scalars_only():
+    strategy = RobustStrategy(Mean())
+    _, metrics = run_round(strategy, [reply(1, 1.0), error_reply(2)])
+    assert isinstance(metrics, MetricRecord)
+    assert all(isinstance(v, int | float) for v in metrics.values())
+    assert "partition-id" not in metrics
+
+
+def test_ledger_and_checkpoints_each_round(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    store = CheckpointStore(tmp_path / "ck")
+    strategy = RobustStrategy(Mean(), ledger=ledger, checkpoints=store)
+    arrays = global_record()
+    for rnd in (1, 2):
+        strategy.begin_round(arrays)
+        arrays, _ = strategy.aggregate_train(rnd, [reply(1, 1.0, base=arrays),
+                                                   reply(2, 3.0, base=arrays), error_reply(3)])
+    check = verify_ledger(tmp_path / "ledger.jsonl")
+    assert check.ok and check.rows == 2
+    latest = store.latest()
+    assert latest.round == 2
+    np.testing.assert_allclose(latest.vector.numpy(), flat(global_record()) + 4.0)
+    rows = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert rows[1]["model_hash_before"] == rows[0]["model_hash_after"]
+    reasons = {c["node_id"]: (c["status"], c["reason"]) for c in rows[0]["clients"]}
+    assert reasons == {1: ("accepted", ""), 2: ("accepted", ""), 3: ("rejected", "error-reply")}
+    assert rows[0]["rule"] == "test-mean" and rows[0]["rule_params"] == {"min_n": 1}
