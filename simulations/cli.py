@@ -1,0 +1,319 @@
+"""``fedshield``: run the default benchmark, scenarios and sweeps; report; list; bench; ledger.
+
+Imports are lazy so that ``fedshield --help`` answers without importing torch or flwr.
+User errors (``ValueError`` subclasses raised by fedshield's packages) print
+``error: <message>`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("results")
+
+EPILOG = """examples:
+  fedshield                                   the default benchmark (rules x attacks), ~minutes
+  fedshield run smoke --set rounds=3          a preset (or a .toml path) with overrides
+  fedshield sweep my.toml --set aggregator=[krum,median] --workers 2
+  fedshield report results/default            Markdown + PNG plots
+  fedshield list attacks
+  fedshield bench aggregators
+  fedshield ledger verify run/ledger.jsonl
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedshield", description="Poisoning-resilient aggregation for federated learning: "
+        "run the default rule x attack benchmark (no arguments), or a subcommand.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=("inline", "flower"), default=None,
+                        help="engine for the default benchmark (default: inline)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory of the default benchmark (results/default)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel cell processes")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a key of the default benchmark")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for name, text in (("run", "run a scenario (a preset name or a TOML file); every list is a "
+                        "sweep axis"),
+                       ("sweep", "run a sweep (same as run; writes the report at the end)")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("scenario", help="TOML file or preset name (see `fedshield list "
+                       "scenarios`)")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a key; a list value (a=[1,2] or "
+                       "a=x,y) makes it a sweep axis; dict keys as table.key=value")
+        p.add_argument("--engine", choices=("inline", "flower"), default=None)
+        p.add_argument("--out", type=Path, default=None,
+                       help="results directory (default: results/<scenario name>)")
+        p.add_argument("--workers", type=int, default=None, help="parallel cell processes")
+        p.add_argument("--no-report", action="store_true", help="do not write the report")
+        p.add_argument("--dry-run", action="store_true",
+                       help="list the cells the scenario expands to and exit")
+
+    p = sub.add_parser("report", help="write report.md and plots/ for a results directory")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="report path (default DIR/report.md)")
+
+    p = sub.add_parser("list", help="rules, attacks, datasets, partitions, models, scenarios")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("all", "rules", "attacks", "datasets", "partitions", "models",
+                            "scenarios"))
+
+    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation")
+    p.add_argument("target", choices=("aggregators", "simulation"))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+
+    p = sub.add_parser("ledger", help="round ledger tools")
+    lsub = p.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
+    v = lsub.add_parser("verify", help="check a ledger's hash chain")
+    v.add_argument("path", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except ValueError as exc:
+        if not _is_ours(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _is_ours(exc: BaseException) -> bool:
+    module = type(exc).__module__.split(".")[0]
+    return module in {"simulations", "tasks", "clients", "server", "aggregators"}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command is None:
+        return cmd_run("default", args.overrides, args.engine, args.out, args.workers,
+                       report=True)
+    if command in ("run", "sweep"):
+        if args.dry_run:
+            return cmd_dry_run(args.scenario, args.overrides, args.engine)
+        return cmd_run(args.scenario, args.overrides, args.engine, args.out, args.workers,
+                       report=not args.no_report)
+    if command == "report":
+        from simulations.report import write_report
+
+        path = write_report(args.directory, args.out)
+        print(f"report: {path}")
+        return 0
+    if command == "list":
+        return cmd_list(args.what)
+    if command == "bench":
+        if args.target == "aggregators":
+            from simulations.bench_aggregators import main as bench_main
+
+            return int(bench_main(args.args) or 0)
+        from simulations.bench_simulation import main as bench_sim
+
+        return int(bench_sim(args.args) or 0)
+    if command == "ledger":
+        return cmd_ledger_verify(args.path)
+    raise AssertionError(command)
+
+
+# --- run / sweep ----------------------------------------------------------------------------------
+def _load(spec: str, overrides: list[str], engine: str | None) -> Any:
+    from simulations import scenario as sc
+
+    if engine is not None:
+        overrides = [*overrides, f"engine='{engine}'"]
+    scenario = sc.load(spec, overrides)
+    cells = sc.expand(scenario)
+    sc.validate_components(cells)
+    return scenario, cells
+
+
+def cmd_dry_run(spec: str, overrides: list[str], engine: str | None) -> int:
+    scenario, cells = _load(spec, overrides, engine)
+    print(f"scenario {scenario.name}: {len(cells)} cells, axes {scenario.axes}")
+    for cell in cells:
+        print(f"  {cell.id}  {cell.rule_label:<28} {cell.attack_label:<24} "
+              + " ".join(f"{k}={v}" for k, v in cell.axes.items()
+                         if k not in ("aggregator", "attack")))
+    return 0
+
+
+def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | None,
+            workers: int | None, *, report: bool) -> int:
+    import tomli_w
+    from rich.console import Console
+
+    from simulations.runner import run_sweep
+    from simulations.store import ResultsStore
+
+    console = Console()
+    scenario, cells = _load(spec, overrides, engine)
+    out = out or DEFAULT_OUT / scenario.name
+    store = ResultsStore(out)
+    store.prepare(tomli_w.dumps(scenario.to_dict()))
+    t0 = time.perf_counter()
+    progress, hooks = _progress(console, scenario, workers)
+    with progress:
+        run_sweep(scenario, cells, store, workers=workers, **hooks)
+    wall = time.perf_counter() - t0
+    ids = {c.id for c in cells}
+    records = [c for c in store.load_cells() if c["id"] in ids]
+    console.print(f"[bold]{scenario.name}[/]: {len(records)} cells in {wall:.1f} s -> {out}")
+    if len(records) == 1:
+        _print_rounds(console, records[0])
+    else:
+        from simulations.report import summary_table
+
+        table, _ = summary_table(records)
+        console.print("Final clean accuracy (%), ranked by worst case over attacks:")
+        console.print(table, markup=False, highlight=False)
+    if report:
+        from simulations.report import write_report
+
+        console.print(f"report: {write_report(out)}")
+    return 0
+
+
+def _progress(console: Any, scenario: Any, workers: int | None) -> tuple[Any, dict[str, Any]]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=False)
+    state: dict[str, Any] = {}
+
+    def on_start(todo: int, skipped: int) -> None:
+        if skipped:
+            console.print(f"resuming: {skipped} finished cells skipped")
+        state["task"] = progress.add_task(f"{scenario.name} cells", total=todo)
+
+    def on_cell(record: dict[str, Any]) -> None:
+        s = record["summary"]
+        acc = "—" if s["final_accuracy"] is None else f"{100 * s['final_accuracy']:.1f}%"
+        asr = "" if s.get("final_asr") is None else f"  asr {100 * s['final_asr']:.1f}%"
+        progress.console.print(f"  {record['rule']:<26} {record['attack']:<22} acc {acc}{asr}"
+                               f"  ({record['seconds']:.1f} s)", highlight=False)
+        progress.advance(state["task"])
+
+    return progress, {"on_start": on_start, "on_cell": on_cell}
+
+
+def _print_rounds(console: Any, record: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{record['rule']} vs {record['attack']}")
+    cols = ("round", "accuracy", "loss", "asr", "malicious_share", "recall", "fpr",
+            "aggregation_seconds")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for row in record["rounds"]:
+        table.add_row(*(_fmt(row.get(c)) for c in cols))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+# --- list / ledger --------------------------------------------------------------------------------
+def cmd_list(what: str) -> int:
+    from rich.console import Console
+
+    console = Console()
+    sections = ("rules", "attacks", "datasets", "partitions", "models", "scenarios")
+    for section in sections if what == "all" else (what,):
+        console.print(f"[bold]{section}[/]")
+        for name, detail in _listing(section):
+            console.print(f"  {name:<18} {detail}", highlight=False)
+    return 0
+
+
+def _listing(section: str) -> list[tuple[str, str]]:
+    if section == "rules":
+        import aggregators
+
+        out = []
+        for name in aggregators.available():
+            try:
+                rule = aggregators.create(name)
+                detail = _params_text(rule.params())
+            except ValueError as exc:  # rules with required parameters
+                detail = f"(required parameters: {exc})"
+            out.append((name, detail))
+        return out
+    if section == "attacks":
+        from clients.attacks import available_attacks
+
+        return [(n, _describe(d)) for n, d in available_attacks().items()]
+    if section == "scenarios":
+        from simulations.scenario import PRESETS_DIR, available_presets
+
+        return [(n, _first_doc_line(PRESETS_DIR / f"{n}.toml")) for n in available_presets()]
+    module, func = {
+        "datasets": ("tasks.datasets", "available_datasets"),
+        "partitions": ("tasks.partition", "available_partitions"),
+        "models": ("tasks.models", "available_models"),
+    }[section]
+    items = getattr(__import__(module, fromlist=[func]), func)()
+    if isinstance(items, dict):
+        return [(n, _describe(d)) for n, d in items.items()]
+    return [(n, "") for n in items]
+
+
+def _describe(detail: Any) -> str:
+    if isinstance(detail, dict):
+        return "  ".join(f"{k}={_params_text(v) if isinstance(v, dict) else v}"
+                         for k, v in detail.items())
+    return str(detail)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(no parameters)"
+
+
+def _first_doc_line(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("# ").strip()
+            if text:
+                return text
+    return ""
+
+
+def cmd_ledger_verify(path: Path) -> int:
+    from server.ledger import verify_ledger
+
+    check = verify_ledger(path)
+    if check.ok:
+        print(f"ok: {check.rows} rows, hash chain intact ({path})")
+        return 0
+    print(f"FAILED: {path}: row {check.first_bad}: {check.reason} ({check.rows} rows read)")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""PNG plots of a results store (matplotlib, Agg backend): see :mod:`simulations.report`."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+from simulations.report import Grid, _ordered, _summary, summary_table
+
+
+def _mean_series(cells: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Mean over the cells (seeds) of ``key`` per round, for rounds where it is defined."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for cell in cells:
+        for row in cell["rounds"]:
+            if row.get(key) is not None:
+                acc[int(row["round"])].append(float(row[key]))
+    rounds = sorted(acc)
+    return rounds, [sum(acc[r]) / len(acc[r]) for r in rounds]
+
+
+def _colors(rules: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10" if len(rules) <= 10 else "tab20")
+    return {rule: cmap(i % cmap.N) for i, rule in enumerate(rules)}
+
+
+def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
+                attacks: list[str], rules: list[str], ylim: tuple[float, float] | None) -> Path:
+    cols = min(3, len(attacks))
+    rows = math.ceil(len(attacks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False,
+                             sharex=True, sharey=ylim is not None)
+    colors = _colors(rules)
+    for ax, attack in zip(axes.flat, attacks, strict=False):
+        for rule in rules:
+            members = [c for c in cells if c["rule"] == rule and c["attack"] == attack]
+            xs, ys = _mean_series(members, key)
+            if xs:
+                ax.plot(xs, ys, label=rule, color=colors[rule], lw=1.6,
+                        marker="o" if len(xs) < 12 else None, ms=3)
+        ax.set_title(f"attack: {attack}", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ylim:
+            ax.set_ylim(*ylim)
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(6, len(seen)),
+               fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(seen) > 6), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmap(cells: list[dict[str, Any]], path: Path) -> Path:
+    acc = Grid(cells, _summary("final_accuracy"))
+    _, order = summary_table(cells)
+    data = [[acc.mean(r, a) if acc.mean(r, a) is not None else math.nan for a in acc.attacks]
+            for r in order]
+    fig, ax = plt.subplots(figsize=(1.2 * len(acc.attacks) + 2.6, 0.45 * len(order) + 1.6))
+    image = ax.imshow(data, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(acc.attacks)), acc.attacks, rotation=30, ha="right")
+    ax.set_yticks(range(len(order)), order)
+    for i, row in enumerate(data):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                        color="black")
+    ax.set_title("final clean accuracy (%) — rules ranked by worst case")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def asr_bars(cells: list[dict[str, Any]], path: Path) -> Path | None:
+    asr = Grid(cells, _summary("final_asr"))
+    attacks = [a for a in asr.attacks if any(asr.mean(r, a) is not None for r in asr.rules)]
+    if not attacks:
+        return None
+    _, order = summary_table(cells)
+    colors = _colors(order)
+    width = 0.8 / len(order)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 + 0.4 * len(order) * len(attacks)), 4.0))
+    for i, rule in enumerate(order):
+        ys = [asr.mean(rule, a) or 0.0 for a in attacks]
+        xs = [j + (i - (len(order) - 1) / 2) * width for j in range(len(attacks))]
+        bars = ax.bar(xs, [100 * y for y in ys], width=width, label=rule, color=colors[rule])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(attacks)), attacks)
+    ax.set_ylabel("attack success rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("backdoor / targeted attack success rate, last round (lower is better)",
+                 fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(6, len(order)),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(order) > 6), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> dict[str, Path]:
+    """Draw every plot for one report section; returns {title: path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, rules = summary_table(cells)
+    attacks = _ordered(c["attack"] for c in cells)
+    files: dict[str, Path] = {
+        "accuracy per round": _per_attack(cells, "accuracy", out_dir / f"accuracy{suffix}.png",
+                                          "clean test accuracy", attacks, rules, (0.0, 1.0)),
+        "accuracy heatmap": heatmap(cells, out_dir / f"heatmap{suffix}.png"),
+    }
+    bars = asr_bars(cells, out_dir / f"asr{suffix}.png")
+    if bars is not None:
+        files["attack success rate"] = bars
+    attacked = [a for a in attacks if a != "none"]
+    if attacked:
+        files["malicious share over rounds"] = _per_attack(
+            [c for c in cells if not c.get("clean")], "malicious_share",
+            out_dir / f"detection{suffix}.png", "malicious share of aggregate", attacked,
+            rules, (0.0, 1.0))
+    return files

@@ -1,0 +1,205 @@
+"""``fedshield report DIR``: Markdown tables and PNG plots from a results store.
+
+Tables (rule × attack, mean over seeds, ``± std`` when there are several): final clean accuracy,
+accuracy drop against the attack-free twin, final attack success rate, detection recall and
+false-positive rate (rules that accept/reject clients), malicious share of the aggregate; rules
+ranked by their worst-case accuracy over the attacks. When a sweep varies other keys as well
+(``alpha``, ``malicious_fraction``, ...), there is one section per combination of them.
+
+Plots (matplotlib, Agg): accuracy per round per rule under each attack; a rule × attack heatmap
+of final accuracy; ASR bars; malicious share of the aggregate over rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from simulations import metrics
+from simulations.store import ResultsStore, atomic_write
+
+IGNORED_AXES = {"aggregator", "aggregator_params", "attack", "attack_params", "seed", "output_dir"}
+
+
+class ReportError(ValueError):
+    """The results directory cannot be reported on (missing, empty)."""
+
+
+# --- grouping ------------------------------------------------------------------------------------
+def _ordered(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def varying_keys(cells: list[dict[str, Any]]) -> list[str]:
+    """Config keys (besides rule, attack and seed) that differ between cells."""
+    if not cells:
+        return []
+    keys = [k for k in cells[0]["config"] if k not in IGNORED_AXES]
+    return [k for k in keys if len({repr(c["config"].get(k)) for c in cells}) > 1]
+
+
+def groups(cells: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """[(section title, cells)] — one section per combination of the other varying keys."""
+    keys = varying_keys(cells)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        title = ", ".join(f"{k}={cell['config'][k]}" for k in keys) or "all cells"
+        out[title].append(cell)
+    return list(out.items())
+
+
+def _stats(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+class Grid:
+    """Values of one metric over (rule, attack), aggregated over seeds."""
+
+    def __init__(self, cells: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]):
+        self.rules = _ordered(c["rule"] for c in cells)
+        self.attacks = _ordered(c["attack"] for c in cells)
+        raw: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for cell in cells:
+            v = value(cell)
+            if v is not None:
+                raw[(cell["rule"], cell["attack"])].append(float(v))
+        self.stats = {k: _stats(v) for k, v in raw.items()}
+
+    def mean(self, rule: str, attack: str) -> float | None:
+        s = self.stats.get((rule, attack))
+        return None if s is None else s[0]
+
+    def cell_text(self, rule: str, attack: str, pct: bool = False) -> str:
+        s = self.stats.get((rule, attack))
+        if s is None:
+            return "—"
+        scale = 100.0 if pct else 1.0
+        text = f"{s[0] * scale:.1f}" if pct else f"{s[0]:.3f}"
+        if s[1] > 0:
+            text += f" ± {s[1] * scale:.1f}" if pct else f" ± {s[1]:.3f}"
+        return text
+
+    def markdown(self, pct: bool = False, rules: list[str] | None = None) -> str:
+        rules = rules or self.rules
+        head = "| rule | " + " | ".join(self.attacks) + " |"
+        sep = "|---|" + "---:|" * len(self.attacks)
+        body = ["| " + r + " | " + " | ".join(self.cell_text(r, a, pct) for a in self.attacks)
+                + " |" for r in rules]
+        return "\n".join([head, sep, *body])
+
+
+def _summary(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda cell: cell["summary"].get(key)
+
+
+# --- tables -------------------------------------------------------------------------------------
+def ranking(acc: Grid) -> list[tuple[str, float, str, float | None]]:
+    """[(rule, worst-case accuracy, worst attack, clean accuracy)] best first."""
+    worst = metrics.worst_case({(r, a): acc.mean(r, a) for r in acc.rules for a in acc.attacks})
+    rows = [(rule, w, attack, acc.mean(rule, "none")) for rule, (w, attack) in worst.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def summary_table(cells: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The headline table printed by the CLI: accuracy % (rule × attack) + worst case, ranked."""
+    acc = Grid(cells, _summary("final_accuracy"))
+    ranked = ranking(acc)
+    order = [r[0] for r in ranked] + [r for r in acc.rules if r not in {x[0] for x in ranked}]
+    head = "| rule | " + " | ".join(acc.attacks) + " | worst |"
+    sep = "|---|" + "---:|" * (len(acc.attacks) + 1)
+    worst = {r[0]: r[1] for r in ranked}
+    body = []
+    for rule in order:
+        w = f"{100 * worst[rule]:.1f}" if rule in worst else "—"
+        body.append("| " + rule + " | " + " | ".join(acc.cell_text(rule, a, pct=True)
+                                                    for a in acc.attacks) + f" | {w} |")
+    return "\n".join([head, sep, *body]), order
+
+
+def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, str]) -> str:
+    drops = metrics.accuracy_drops(cells)
+    acc = Grid(cells, _summary("final_accuracy"))
+    table, order = summary_table(cells)
+    parts = [f"## {title}", "", f"{len(cells)} cells.", "",
+             "### Final clean accuracy (%), rules ranked by worst case over attacks", "", table,
+             "", "### Ranking by worst-case accuracy", "",
+             "| rank | rule | worst-case acc | worst attack | acc without attack |",
+             "|---:|---|---:|---|---:|"]
+    for i, (rule, w, attack, clean) in enumerate(ranking(acc), 1):
+        clean_text = "—" if clean is None else f"{clean:.3f}"
+        parts.append(f"| {i} | {rule} | {w:.3f} | {attack} | {clean_text} |")
+    drop = Grid(cells, lambda c: drops.get(c["id"]))
+    best = Grid(cells, _summary("best_accuracy"))
+    target = Grid(cells, _summary("rounds_to_target"))
+    tgt = cells[0]["summary"].get("target_accuracy")
+    sections = [
+        ("Accuracy drop vs the same scenario without attack (points of %)", drop, True),
+        ("Best accuracy over rounds", best, False),
+        (f"Rounds to reach accuracy {tgt} (— = never)", target, False),
+    ]
+    asr = Grid(cells, _summary("final_asr"))
+    if asr.stats:
+        sections.append(("Attack success rate at the last round (%, targeted attacks)", asr, True))
+    for name, key in (("Detection recall (mean over rounds; rules that reject clients)", "recall"),
+                      ("Detection false-positive rate (mean over rounds)", "fpr"),
+                      ("Detection precision (mean over rounds)", "precision"),
+                      ("Malicious share of the aggregate (mean over rounds)", "malicious_share")):
+        grid = Grid([c for c in cells if not c.get("clean")], _summary(key))
+        if grid.stats:
+            sections.append((name, grid, False))
+    sections.append(("Aggregation time per round (ms)", Grid(
+        cells, lambda c: None if c["summary"].get("aggregation_seconds") is None
+        else 1000 * c["summary"]["aggregation_seconds"]), False))
+    for name, grid, pct in sections:
+        parts += ["", f"### {name}", "", grid.markdown(pct=pct, rules=order)]
+    if plots:
+        parts += ["", "### Plots", ""]
+        parts += [f"![{name}]({path})" for name, path in plots.items()]
+    return "\n".join(parts)
+
+
+def scenario_notes(cells: list[dict[str, Any]]) -> str:
+    cfg = cells[0]["config"]
+    seeds = sorted({c["config"]["seed"] for c in cells})
+    mal = cfg.get("num_malicious", -1)
+    mal_text = str(mal) if mal >= 0 else f"{cfg.get('malicious_fraction', 0):.0%}"
+    return (f"dataset **{cfg['dataset']}**, model **{cfg['model']}**, partition "
+            f"**{cfg['partition']}** (α={cfg['alpha']}, q={cfg['q']}), {cfg['num_clients']} "
+            f"clients ({cfg['clients_per_round'] or 'all'} per round), {cfg['rounds']} rounds, "
+            f"malicious {mal_text}, seeds {seeds}, engine {cells[0]['engine']}.")
+
+
+# --- entry point ----------------------------------------------------------------------------------
+def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` for the results in ``directory``."""
+    store = ResultsStore(directory)
+    if not Path(directory).is_dir():
+        raise ReportError(f"results directory {str(directory)!r} does not exist")
+    cells = store.load_cells()
+    if not cells:
+        raise ReportError(f"no finished cells in {str(directory)!r} (expected cells/*.json)")
+    out_path = Path(out) if out else store.root / "report.md"
+    plot_dir = out_path.parent / "plots"
+    from simulations import plots as plotting
+
+    parts = ["# fedshield report", "", scenario_notes(cells), ""]
+    all_groups = groups(cells)
+    for index, (title, members) in enumerate(all_groups):
+        suffix = "" if len(all_groups) == 1 else f"_{index + 1}"
+        files = plotting.draw_all(members, plot_dir, suffix)
+        rel = {name: str(path.relative_to(out_path.parent)) for name, path in files.items()}
+        parts += [section_markdown(title, members, rel), ""]
+    parts += ["", "Definitions: accuracy on the clean test set; ASR = share of triggered "
+              "(or source-class) test inputs classified as the attacker's target; detection "
+              "treats a rejected client as flagged (positive = malicious); malicious share = "
+              "weight of malicious clients in the aggregate (coordinate share for median / "
+              "trimmed mean; see simulations/metrics.py)."]
+    atomic_write(out_path, "\n".join(parts) + "\n")
+    return out_path

@@ -1,0 +1,146 @@
+"""Run the cells of a sweep — in parallel worker processes — into a results store.
+
+Workers are spawned (``concurrent.futures`` with the ``spawn`` context), each with one torch
+thread and ``OMP_WAIT_POLICY=PASSIVE`` (research/DATA.md §4c: two single-threaded processes beat
+one two-threaded process on a shared 2-core machine, and active OpenMP waiting stalls for seconds
+under contention). Only the parent writes to the store, one cell at a time, atomically, as each
+cell finishes; cells already in the store are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from simulations.scenario import Cell, Scenario, cell_id, config_dict
+from simulations.store import ResultsStore
+from tasks.config import RunConfig
+
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def limit_threads() -> None:
+    """One intra-op thread for this process (call before any heavy torch work)."""
+    for key, value in THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def clean_key(cfg: RunConfig, engine: str) -> str:
+    """Id of the attack-free twin of a config (adversary removed), for accuracy drops."""
+    twin = cfg.with_updates(attack="none", attack_params={}, malicious_fraction=0.0,
+                            num_malicious=-1)
+    return cell_id(twin, engine)
+
+
+def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell (in a worker or in-process) and return its store record."""
+    limit_threads()
+    from simulations import metrics
+
+    cfg = RunConfig.from_dict(payload["config"])
+    engine = payload["engine"]
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    if engine == "flower":
+        from simulations.engine_flower import run_flower
+
+        result = run_flower(cfg)
+    else:
+        from simulations.engine_inline import run_inline
+
+        result = run_inline(cfg)
+    final = result.final_vector.detach().to("cpu").contiguous().float().numpy().tobytes()
+    return {
+        **payload["meta"],
+        "id": cell_id(cfg, engine),
+        "engine": engine,
+        "config": asdict(cfg),
+        "clean": cfg.malicious_count == 0,
+        "clean_key": clean_key(cfg, engine),
+        "malicious_ids": result.malicious_ids,
+        "summary": metrics.summarize(result.rounds, payload["target_accuracy"]),
+        "rounds": result.rounds,
+        "final_vector_blake2b": hashlib.blake2b(final, digest_size=16).hexdigest(),
+        "started_at": started,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def payloads(scenario: Scenario, cells: list[Cell]) -> list[dict[str, Any]]:
+    out = []
+    for order, cell in enumerate(cells):
+        out.append({
+            "config": config_dict(cell.config),
+            "engine": cell.engine,
+            "target_accuracy": scenario.target_accuracy,
+            "meta": {"scenario": scenario.name, "order": order, "rule": cell.rule_label,
+                     "attack": cell.attack_label, "axes": cell.axes},
+        })
+    return out
+
+
+def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
+              workers: int | None = None,
+              on_start: Callable[[int, int], None] | None = None,
+              on_cell: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not yet in ``store``; return the records of the cells run now.
+
+    ``on_start(todo, skipped)`` is called once, ``on_cell(record)`` after each saved cell.
+    The Flower engine runs one cell at a time (each run already uses both cores).
+    """
+    done = store.finished()
+    todo = [p for p, c in zip(payloads(scenario, cells), cells, strict=True) if c.id not in done]
+    if on_start is not None:
+        on_start(len(todo), len(cells) - len(todo))
+    workers = scenario.workers if workers is None else workers
+    if scenario.engine == "flower":
+        workers = 1
+    workers = max(1, min(workers, len(todo)))
+    records: list[dict[str, Any]] = []
+
+    def finish(record: dict[str, Any]) -> None:
+        store.save_cell(record)
+        records.append(record)
+        if on_cell is not None:
+            on_cell(record)
+
+    if workers == 1:
+        for payload in todo:
+            finish(run_cell(payload))
+        return records
+    for key, value in THREAD_ENV.items():  # inherited by the spawned workers
+        os.environ.setdefault(key, value)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=limit_threads) as pool:
+        pending: set[Future[dict[str, Any]]] = set()
+        queue = list(todo)
+        try:
+            while queue or pending:
+                while queue and len(pending) < workers * 2:
+                    pending.add(pool.submit(run_cell, queue.pop(0)))
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    finish(future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return records
