@@ -66,3 +66,19 @@ def test_bad_model_attack_parameters(name, params, match):
 
 def test_attack_error_is_a_value_error():
     assert issubclass(AttackError, ValueError)
+
+
+def test_attack_from_config_passes_the_round_context():
+    from types import SimpleNamespace
+
+    from clients.attacks import attack_from_config
+    from tasks.config import RunConfig
+
+    ds = SimpleNamespace(num_classes=10, low=-1.0, high=2.0)
+    cfg = RunConfig(num_clients=20, attack="scaling", malicious_fraction=0.2)
+    assert attack_from_config(cfg, ds).boost == 20.0
+    cfg = RunConfig(num_clients=20, clients_per_round=10, attack="backdoor-patch",
+                    malicious_fraction=0.2, attack_params={"boost": "auto"})
+    assert attack_from_config(cfg, ds).boost == 5.0  # 10 per round, 2 of them malicious
+    assert attack_from_config(RunConfig(attack="none"), ds) is None
+    assert attack_from_config(RunConfig(attack="alie", malicious_fraction=0.0), ds) is None

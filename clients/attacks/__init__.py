@@ -55,6 +55,22 @@ def create_attack(
     return cls(**{k: v for k, v in context.items() if k in accepted}, **params)
 
 
+def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | None:
+    """The attack of a :class:`tasks.config.RunConfig` on a :class:`tasks.datasets.Dataset`, or
+    None (``attack="none"`` or no malicious client). Passes the context ``boost="auto"`` / ``"n"``
+    need: num_clients = clients aggregated per round (``clients_per_round`` or ``num_clients``) and
+    num_malicious = the malicious share of them (``malicious_count`` scaled to a round, ≥ 1), so
+    "auto" = n / m and "n" = n of the round."""
+    if cfg.attack == "none" or cfg.malicious_count == 0:
+        return None
+    per_round = cfg.clients_per_round or cfg.num_clients
+    num_malicious = max(1, round(cfg.malicious_count * per_round / cfg.num_clients))
+    return create_attack(
+        cfg.attack, num_classes=dataset.num_classes, low=dataset.low, high=dataset.high,
+        num_clients=per_round, num_malicious=num_malicious, **cfg.attack_params,
+    )
+
+
 def constructor_params_with_context(cls: type) -> set[str]:
     import inspect
 
@@ -82,6 +98,7 @@ __all__ = [
     "DataAttack",
     "ModelAttack",
     "apply_model_attack",
+    "attack_from_config",
     "available_attacks",
     "create_attack",
 ]

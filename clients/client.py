@@ -1,0 +1,92 @@
+"""What one client does in a round: local training from the global model, on its own partition
+(honest) or on poisoned data (a data-poisoning attack), returning the delta local − global.
+
+Used by the Flower ClientApp and by the inline engine, so both engines compute the same update:
+
+    x, y   = task.client_data(pid)                     (poisoned: attack.poison(x, y, g_p))
+    w      = global_vec;  train(w, x, y, task.train_config, generator=g)
+    delta  = (w − global_vec) · boost                            (boost = attack.boost, else 1)
+
+with g = ``torch_generator(cfg.seed, "client", pid, round)`` (the project's seeding convention) and
+g_p = ``torch_generator(cfg.seed, "client", pid, round, "poison")`` — a separate stream, so a
+poisoned client draws exactly the batches it would have drawn honestly. A model-poisoning attack
+passed here is ignored: those clients train honestly and the adversary stage
+(:func:`clients.attacks.apply_model_attack`) rewrites their updates afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clients.attacks.base import AttackError, DataAttack, ModelAttack
+from tasks.params import flatten, load_vector
+from tasks.seeding import torch_generator
+from tasks.training import train
+
+__all__ = ["ClientError", "ClientUpdate", "client_update", "local_data"]
+
+
+class ClientError(ValueError):
+    """Bad input to a client's update (the message names it)."""
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """``delta`` (d,) float32 = local − global (boosted for a data attack with boost ≠ 1);
+    ``num_examples`` the partition size (FedAvg's weight); ``loss`` the mean training loss."""
+
+    delta: torch.Tensor
+    num_examples: int
+    loss: float
+
+
+def _data_attack(attack: Any) -> DataAttack | None:
+    if attack is None or isinstance(attack, ModelAttack):
+        return None
+    if not isinstance(attack, DataAttack):
+        raise AttackError(
+            f"attack must be a DataAttack, a ModelAttack or None, got {type(attack).__name__}"
+        )
+    return attack
+
+
+def local_data(
+    task: Any, pid: int, round: int, *, attack: DataAttack | ModelAttack | None, cfg: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) client ``pid`` trains on in ``round``: its partition, poisoned by a data attack
+    with the generator ``(cfg.seed, "client", pid, round, "poison")``."""
+    x, y = task.client_data(pid)
+    data_attack = _data_attack(attack)
+    if data_attack is None:
+        return x, y
+    return data_attack.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
+
+
+def client_update(
+    task: Any,
+    pid: int,
+    global_vec: torch.Tensor,
+    round: int,
+    *,
+    attack: DataAttack | ModelAttack | None,
+    cfg: Any,
+) -> ClientUpdate:
+    """Train a fresh copy of the task's model from ``global_vec`` on client ``pid``'s data (see the
+    module docstring) and return its delta; ``global_vec`` is not modified."""
+    if not isinstance(global_vec, torch.Tensor) or global_vec.dim() != 1:
+        shape = tuple(global_vec.shape) if isinstance(global_vec, torch.Tensor) else global_vec
+        raise ClientError(f"global_vec must be a 1-D tensor (d,), got {shape!r}")
+    x, y = local_data(task, pid, round, attack=attack, cfg=cfg)
+    model = task.new_model()
+    load_vector(model, global_vec.to(torch.float32))
+    stats = train(
+        model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round)
+    )
+    delta = flatten(model) - global_vec.to(torch.float32)
+    data_attack = _data_attack(attack)
+    if data_attack is not None and data_attack.boost != 1.0:
+        delta = delta * data_attack.boost
+    return ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss)
