@@ -311,3 +311,17 @@ def test_apply_model_attack_errors():
         apply_model_attack(updates, torch.tensor([1, 0, 0]), make("ipm"), generator=gen())
     with pytest.raises(AttackError, match="needs the benign"):
         make("minmax")(cloud(2, 4), None, num_clients=5, f=2, generator=gen())
+
+
+def test_chunked_float64_statistics_match_brute_force(monkeypatch):
+    from clients.attacks import _linalg
+
+    monkeypatch.setattr(_linalg, "CHUNK", 7)  # force many column chunks
+    a, b = cloud(5, 30, 16), cloud(3, 30, 17)
+    assert torch.allclose(_linalg.sq_dists(a), brute_dist(a, a).double() ** 2, atol=1e-9)
+    assert torch.allclose(_linalg.sq_dists(a, b), brute_dist(a, b).double() ** 2, atol=1e-9)
+    assert torch.allclose(_linalg.std("t", a), a.double().std(0), atol=1e-12)
+    mu, p = a.double().mean(0), torch.linspace(-1, 1, 30, dtype=torch.float64)
+    off_a, off_b = _linalg.offsets_from(a, mu, p)
+    assert torch.allclose(off_a, ((mu - a.double()) ** 2).sum(1))
+    assert torch.allclose(off_b, (mu - a.double()) @ p)

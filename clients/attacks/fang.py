@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import call_rule, sq_dists
+from clients.attacks._linalg import call_rule, mean, sq_dists, std
 from clients.attacks.base import (
     AttackError,
     ModelAttack,
@@ -72,13 +72,13 @@ class FangKrum(ModelAttack):
             dist = sq_dists(rest).sqrt_()
             dist.fill_diagonal_(float("inf"))
             near = float(dist.topk(k, dim=1, largest=False).values.sum(1).min())
-        far = float(rest.double().norm(dim=1).max())
+        far = float(rest.norm(dim=1).max())
         return near / (max(n - 2 * c - 1, 1) * math.sqrt(d)) + far / math.sqrt(d)
 
     def craft(self, malicious, benign, *, aggregator, num_clients, f, generator, **_: Any):
         m, d = malicious.shape
         rest = malicious if self.knowledge == "own" else benign
-        s = torch.sign(self.reference(malicious, benign).double().mean(0))
+        s = torch.sign(mean(self.reference(malicious, benign)))
         noise = (torch.rand((m - 1, d), generator=generator, dtype=torch.float64) * 2 - 1)
         noise *= self.epsilon / math.sqrt(d)
         lam = self.lambda_upper(rest, num_clients, f)
@@ -143,16 +143,17 @@ class FangTrim(ModelAttack):
         self.k = None if k is None else check_positive(self.name, "k", k)
 
     def craft(self, malicious, benign, *, generator, **_: Any):
-        ref = self.reference(malicious, benign).double()
+        ref = self.reference(malicious, benign)
         m, d = malicious.shape
-        s = torch.sign(ref.mean(0))
+        mu = mean(ref)
+        s = torch.sign(mu)
         if self.knowledge == "own":
-            mu, sigma = ref.mean(0), ref.std(0, correction=0)
+            sigma = std(self.name, ref, correction=0)
             k = self.k
             if k is None:
                 k = 3.0 + torch.rand((m, d), generator=generator, dtype=torch.float64)
             return (mu - k * sigma * s).expand(m, d).to(malicious.dtype)
-        directed = torch.where(s > 0, ref.min(0).values, ref.max(0).values) * s.abs()
+        directed = torch.where(s > 0, ref.min(0).values, ref.max(0).values).double() * s.abs()
         if self.randomize:
             factor = 1 + (self.b - 1) * torch.rand((m, d), generator=generator, dtype=torch.float64)
         else:

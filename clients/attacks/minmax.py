@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import call_rule, gamma_search, sq_dists, std
+from clients.attacks._linalg import call_rule, gamma_search, mean, offsets_from, sq_dists, std
 from clients.attacks.base import (
     AttackError,
     ModelAttack,
@@ -41,7 +41,7 @@ PERTURBATIONS = ("unit", "std", "sign")
 
 def perturbation(attack: str, ref: torch.Tensor, kind: str) -> torch.Tensor:
     """∇ᵖ (float64) of the reference rows: −unit(mean), −std or −sign(mean)."""
-    mu = ref.double().mean(0)
+    mu = mean(ref)
     if kind == "unit":
         norm = mu.norm()
         return -mu / norm if norm > 0 else torch.zeros_like(mu)
@@ -77,13 +77,13 @@ class _Optimised(ModelAttack):
 
     def craft(self, malicious, benign, *, aggregator, generator, **_: Any):
         ref = self.reference(malicious, benign)
-        mu = ref.double().mean(0)
+        mu = mean(ref)
         p = perturbation(self.name, ref, self.perturbation)
         if self.objective == "tailored":
             gamma, extra = self._tailored(malicious.shape[0], ref, mu, p, aggregator)
         else:
-            diff = mu - ref.double()
-            a, b, c = (diff * diff).sum(1), diff @ p, float(p @ p)
+            a, b = offsets_from(ref, mu, p)
+            c = float(p @ p)
             ok, bound = self.constraint(a, b, c, sq_dists(ref))
             gamma = gamma_search(ok, init=self.gamma_init, tol=self.tol)
             extra = {"bound": bound}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import std
+from clients.attacks._linalg import gram, mean, std
 from clients.attacks.base import (
     AttackError,
     ModelAttack,
@@ -123,7 +123,7 @@ class ALIE(ModelAttack):
     def craft(self, malicious, benign, *, num_clients, f, **_: Any):
         ref = self.reference(malicious, benign)
         z = self.z_for(num_clients, f)
-        crafted = ref.double().mean(0) - z * std(self.name, ref)
+        crafted = mean(ref) - z * std(self.name, ref)
         self._last = {"z": z}
         return crafted.to(malicious.dtype).expand_as(malicious).clone()
 
@@ -143,7 +143,7 @@ class IPM(ModelAttack):
         self.epsilon = check_positive(self.name, "epsilon", epsilon)
 
     def craft(self, malicious, benign, **_: Any):
-        mu = self.reference(malicious, benign).double().mean(0)
+        mu = mean(self.reference(malicious, benign))
         return (-self.epsilon * mu).to(malicious.dtype).expand_as(malicious).clone()
 
 
@@ -168,13 +168,17 @@ class Mimic(ModelAttack):
     def choose(self, benign: torch.Tensor) -> int:
         if self.target >= 0:
             return self.target % benign.shape[0]
-        centred = benign.double() - benign.double().mean(0)
-        if benign.shape[0] < 2 or not centred.abs().max() > 0:
+        b = benign.shape[0]
+        if b < 2:
             return 0
-        # top right-singular vector of the centred (b, d) matrix via the small (b, b) Gram matrix
-        _, vecs = torch.linalg.eigh(centred @ centred.T)
-        scores = (centred @ (centred.T @ vecs[:, -1])).abs()
-        return int(scores.argmax())
+        # top principal direction v of the centred rows X_c = J·X (J = I − 11ᵀ/b): with u the top
+        # eigenvector of X_c X_cᵀ = J G J, the projections are X_c v ∝ (J G J) u = λu, so the
+        # client farthest along v is argmax |u_i| (no d-dimensional SVD)
+        j = torch.eye(b, dtype=torch.float64) - 1.0 / b
+        vals, vecs = torch.linalg.eigh(j @ gram(benign) @ j)
+        if not vals[-1] > 0:
+            return 0
+        return int(vecs[:, -1].abs().argmax())
 
     def craft(self, malicious, benign, **_: Any):
         i = self.choose(benign)
