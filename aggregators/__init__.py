@@ -4,8 +4,14 @@
 contract. This package imports nothing else of the project.
 """
 
-from aggregators.base import Aggregation, AggregatorError, Rule, available, create, register
-
 # Rule modules register themselves on import (one line per module).
+from aggregators import bulyan as bulyan
+from aggregators import clipping as clipping
+from aggregators import coordinate as coordinate
+from aggregators import fltrust as fltrust
+from aggregators import geomed as geomed
+from aggregators import krum as krum
+from aggregators import mean as mean
+from aggregators.base import Aggregation, AggregatorError, Rule, available, create, register
 
 __all__ = ["Aggregation", "AggregatorError", "Rule", "available", "create", "register"]

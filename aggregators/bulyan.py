@@ -1,0 +1,100 @@
+"""Bulyan (El Mhamdi, Guerraoui, Rouault, ICML 2018, "The Hidden Vulnerability of Distributed
+Learning in Byzantium")."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from aggregators.base import Aggregation, AggregatorError, Rule, register
+from aggregators.coordinate import median_of_sorted
+from aggregators.distances import resolve_distances
+from aggregators.kernels import coordinatewise
+from aggregators.krum import krum_scores, lowest
+from aggregators.validation import check_context, check_f, check_updates
+
+SELECTIONS = ("recursive", "oneshot")
+
+
+def recursive_krum(dist: torch.Tensor, f: int, theta: int) -> list[int]:
+    """Bulyan's selection: θ times, pick Krum's choice among the remaining updates, remove it.
+
+    Each step scores the r remaining updates with max(1, r − f − 2) neighbours (the set shrinks
+    below Krum's own n > 2f + 2 bound near the end, as in the paper and Flower's legacy Bulyan).
+    """
+    members = torch.ones(dist.shape[0], dtype=torch.bool)
+    chosen: list[int] = []
+    for _ in range(theta):
+        best = int(lowest(krum_scores(dist, f, members), 1)[0])
+        chosen.append(best)
+        members[best] = False
+    return chosen
+
+
+def beta_closest_mean(block: np.ndarray, beta: int) -> np.ndarray:
+    """Per row of a row-sorted (c, θ) block: the mean of the β values closest to the row median.
+
+    In sorted order the β nearest values to the median form a window [s, s + β) with
+    0 <= s <= θ − β; the window of least radius max(m − v_s, v_{s+β−1} − m) is taken (ties: the
+    lowest s), and its sum read off float64 prefix sums.
+    """
+    c, theta = block.shape
+    med = median_of_sorted(block).astype(np.float64)
+    starts = theta - beta + 1
+    lo = block[:, :starts].astype(np.float64)
+    hi = block[:, beta - 1 :].astype(np.float64)
+    radius = np.maximum(med[:, None] - lo, hi - med[:, None])
+    s = np.argmin(radius, axis=1)
+    prefix = np.zeros((c, theta + 1), dtype=np.float64)
+    np.cumsum(block, axis=1, dtype=np.float64, out=prefix[:, 1:])
+    rows = np.arange(c)
+    return (prefix[rows, s + beta] - prefix[rows, s]) / beta
+
+
+@register
+class Bulyan(Rule):
+    """Bulyan: θ = n − 2f updates selected by repeated Krum, then a trimmed coordinate-wise step.
+
+        S  = ∅;  θ times: S ← S ∪ {Krum(X \\ S)}                 (selection, θ = n − 2f)
+        update_j = mean of the β = θ − 2f values of {x_ij : i ∈ S} closest to median_{i∈S} x_ij
+
+    El Mhamdi et al. 2018, Alg. 1 with A = Krum; requires n >= 4f + 3. The selection is
+    *recursive* — Krum re-run on the shrinking set — as in the paper, Flower's legacy Bulyan and
+    the NDSS'21 code. ``selection="oneshot"`` instead takes the θ lowest Krum scores of the full
+    set at once, which is what Flower 1.42's Message-API ``Bulyan`` does (it selects a different
+    set in 30/30 trials of research/FLOWER.md §2.3 item 2); it is offered only to reproduce
+    Flower. ``accepted`` marks S.
+    """
+
+    name: ClassVar[str] = "bulyan"
+    requirement: ClassVar[str] = "n >= 4f + 3"
+
+    def __init__(self, *, f: int, selection: str = "recursive") -> None:
+        self.f = check_f(self.name, f)
+        if selection not in SELECTIONS:
+            raise AggregatorError(
+                f"bulyan: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+            )
+        self.selection = selection
+
+    def min_clients(self) -> int:
+        return 4 * self.f + 3
+
+    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
+        x = check_updates(self, updates, check_finite="gram" in context)
+        ctx = check_context(self, x, context)
+        n = x.shape[0]
+        theta = n - 2 * self.f
+        beta = theta - 2 * self.f
+        dist = resolve_distances(self.name, x, ctx.gram)
+        if self.selection == "recursive":
+            chosen = recursive_krum(dist, self.f, theta)
+        else:
+            chosen = lowest(krum_scores(dist, self.f), theta).tolist()
+        accepted = torch.zeros(n, dtype=torch.bool)
+        accepted[chosen] = True
+        update = coordinatewise(x, lambda block: beta_closest_mean(block, beta), rows=chosen)
+        return Aggregation(update=update, accepted=accepted,
+                           diagnostics={"selected": chosen, "theta": theta, "beta": beta})
