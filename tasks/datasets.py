@@ -16,7 +16,8 @@ Names (see :func:`available_datasets`):
   ``*train*images*idx3*``, ``*train*labels*idx1*``, ``*(t10k|test)*images*idx3*``,
   ``*(t10k|test)*labels*idx1*``, gzipped or not.
 - ``npz``: ``root=<file.npz>`` with arrays ``x_train, y_train, x_test, y_test``; x is (N, H, W),
-  (N, C, H, W), (N, H, W, C) with C ∈ {1, 3, 4}, or (N, F) flat features.
+  (N, C, H, W), (N, H, W, C) with C ∈ {1, 3, 4} (channels-last when the last axis is the smaller
+  one), or (N, F) flat features.
 - ``hf:<hub name>``: a Hugging Face Hub dataset (e.g. ``hf:ylecun/mnist``) with ``train``/``test``
   splits. Needs the network and the ``datasets`` package (``pip install flwr-datasets``), and must
   be asked for explicitly: ``allow_network=True`` or the environment ``FEDSHIELD_ALLOW_NETWORK=1``.
@@ -378,10 +379,10 @@ def _images_nchw(x: np.ndarray, what: str) -> np.ndarray:
         return x
     if x.ndim == 3:
         return x[:, None, :, :]
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[-1] < x.shape[1]:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # NHWC: channels last and smaller
     if x.ndim == 4 and x.shape[1] in (1, 3, 4):
         return x
-    if x.ndim == 4 and x.shape[-1] in (1, 3, 4):
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     raise DatasetError(
         f"{what}: images of shape {x.shape} are not (N,H,W), (N,C,H,W), (N,H,W,C) with C in "
         "{1,3,4}, or (N,F)"

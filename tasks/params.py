@@ -5,8 +5,7 @@ vector is the concatenation of the flattened entries, cast to float32:
 ``vec = cat([sd[k].reshape(-1).float() for k in layout.keys])``. ``unflatten`` cuts it back and
 casts each piece to its recorded dtype, so the round trip is exact for float32 parameters (all
 fedshield models) and for any dtype whose values float32 represents exactly (float16, bfloat16,
-integers
-below 2**24 such as BatchNorm's ``num_batches_tracked``).
+integers below 2**24 such as BatchNorm's ``num_batches_tracked``).
 
 On the wire, parameters travel as a Flower ``ArrayRecord`` of one numpy ``Array`` per key.
 ``arrayrecord_to_vector`` calls ``Array.numpy()`` (an ``np.load`` of the bytes each time, see

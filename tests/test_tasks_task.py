@@ -1,0 +1,55 @@
+"""get_task: one Task per task key per process, consistent data, root set and initial model."""
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.config import RunConfig
+from tasks.params import flatten
+from tasks.task import TaskError, get_task, task_key
+
+
+def test_task_cached_by_task_fields_only():
+    cfg = RunConfig(dataset="digits", num_clients=10, partition="dirichlet", alpha=0.5, seed=3)
+    task = get_task(cfg)
+    assert get_task(cfg) is task
+    assert get_task(cfg.with_updates(lr=0.2)).core is task.core  # training params are not the task
+    assert get_task(cfg.with_updates(lr=0.2)).train_config.lr == 0.2
+    assert get_task(cfg.with_updates(q=0.9)).core is task.core  # q is unused by dirichlet
+    assert get_task(cfg.with_updates(alpha=0.1)).core is not task.core
+    assert get_task(cfg.with_updates(seed=4)).core is not task.core
+    assert task_key(cfg.with_updates(partition="iid")).scheme_param is None
+
+
+def test_task_data_split_and_model():
+    cfg = RunConfig(
+        dataset="digits", num_clients=8, partition="iid", root_size=50, model="mlp", seed=1
+    )
+    task = get_task(cfg)
+    ds = task.dataset
+    sizes = [len(task.client_data(pid)[1]) for pid in range(8)]
+    assert sum(sizes) + 50 == len(ds.train_y)
+    x, y = task.client_data(2)
+    idx = torch.as_tensor(task.split.clients[2])
+    assert torch.equal(x, ds.train_x[idx]) and torch.equal(y, ds.train_y[idx])
+    rx, ry = task.root_data()
+    assert rx.shape == (50, *task.dataset.input_shape)
+    assert len(ry) == 50
+    assert not np.isin(task.split.root, np.concatenate(task.split.clients)).any()
+    assert torch.equal(flatten(task.new_model()), task.initial_vector())
+    assert torch.equal(flatten(task.new_model()), flatten(task.new_model()))
+    other = get_task(cfg.with_updates(seed=2))
+    assert not torch.equal(other.initial_vector(), task.initial_vector())
+    assert task.layout.numel == task.initial_vector().numel() and task.batched
+    v = task.initial_vector()
+    v.add_(1)  # a copy
+    assert not torch.equal(v, task.initial_vector())
+    assert torch.equal(flatten(task.model_from_vector(v)), v)
+
+
+def test_task_errors():
+    task = get_task(RunConfig(dataset="digits", num_clients=4, root_size=0))
+    with pytest.raises(TaskError, match=r"\[0, 4\)"):
+        task.client_data(4)
+    with pytest.raises(TaskError, match="root_size"):
+        task.root_data()
