@@ -9,7 +9,9 @@ Used by the Flower ClientApp and by the inline engine, so both engines compute t
 
 with g = ``torch_generator(cfg.seed, "client", pid, round)`` (the project's seeding convention) and
 g_p = ``torch_generator(cfg.seed, "client", pid, round, "poison")`` — a separate stream, so a
-poisoned client draws exactly the batches it would have drawn honestly. A model-poisoning attack
+poisoned client draws exactly the batches it would have drawn honestly. A symbolic boost
+("auto" = n/m, "n") created without the round's counts is bound here from ``cfg``
+(:func:`clients.attacks.base.round_counts`). A model-poisoning attack
 passed here is ignored: those clients train honestly and the adversary stage
 (:func:`clients.attacks.apply_model_attack`) rewrites their updates afterwards.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from clients.attacks.base import AttackError, DataAttack, ModelAttack
+from clients.attacks.base import AttackError, DataAttack, ModelAttack, round_counts
 from tasks.params import flatten, load_vector
 from tasks.seeding import torch_generator
 from tasks.training import train
@@ -43,13 +45,17 @@ class ClientUpdate:
     loss: float
 
 
-def _data_attack(attack: Any) -> DataAttack | None:
+def _data_attack(attack: Any, cfg: Any) -> DataAttack | None:
+    """The data attack to apply (None for honest / model-attack clients), its symbolic boost
+    bound to the run's round counts if still pending."""
     if attack is None or isinstance(attack, ModelAttack):
         return None
     if not isinstance(attack, DataAttack):
         raise AttackError(
             f"attack must be a DataAttack, a ModelAttack or None, got {type(attack).__name__}"
         )
+    if attack.boost_pending:
+        attack.bind(*round_counts(cfg))
     return attack
 
 
@@ -59,7 +65,7 @@ def local_data(
     """The (x, y) client ``pid`` trains on in ``round``: its partition, poisoned by a data attack
     with the generator ``(cfg.seed, "client", pid, round, "poison")``."""
     x, y = task.client_data(pid)
-    data_attack = _data_attack(attack)
+    data_attack = _data_attack(attack, cfg)
     if data_attack is None:
         return x, y
     return data_attack.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
@@ -86,7 +92,7 @@ def client_update(
         model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round)
     )
     delta = flatten(model) - global_vec.to(torch.float32)
-    data_attack = _data_attack(attack)
+    data_attack = _data_attack(attack, cfg)
     if data_attack is not None and data_attack.boost != 1.0:
         delta = delta * data_attack.boost
     return ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss)

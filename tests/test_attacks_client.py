@@ -65,6 +65,18 @@ def test_boost_scales_the_delta(task):
     assert torch.allclose(boosted.delta.norm(), 5.0 * plain.delta.norm())
 
 
+def test_pending_boost_is_bound_from_the_run_config(task):
+    ds = task.dataset
+    cfg = CFG.with_updates(attack="scaling", malicious_fraction=0.2)
+    scaling = create_attack("scaling", num_classes=ds.num_classes, low=ds.low, high=ds.high)
+    assert scaling.boost_pending
+    vec = task.initial_vector()
+    boosted = client_update(task, 2, vec, 1, attack=scaling, cfg=cfg)
+    assert scaling.boost == 10.0  # FLTrust's λ = n, n = 10 clients in the round
+    plain = client_update(task, 2, vec, 1, attack=attack("backdoor-patch"), cfg=cfg)
+    assert torch.allclose(boosted.delta, 10.0 * plain.delta)
+
+
 def test_model_attack_clients_train_honestly(task):
     vec = task.initial_vector()
     honest = client_update(task, 0, vec, 1, attack=None, cfg=CFG)

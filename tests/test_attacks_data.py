@@ -116,6 +116,20 @@ def test_scaling_is_patch_trigger_with_boost_n():
     assert auto.boost == 5.0
 
 
+def test_symbolic_boost_without_counts_is_pending_until_bound():
+    attack = make("scaling")
+    assert attack.boost_pending and attack.params()["boost"] == "n"
+    with pytest.raises(AttackError, match="not resolved"):
+        _ = attack.boost
+    attack.bind(30, 6)
+    assert attack.boost == 30.0 and not attack.boost_pending
+    auto = make("backdoor-patch", boost="auto")
+    auto.bind(30, 6)
+    assert auto.boost == 5.0
+    with pytest.raises(AttackError, match="num_malicious >= 1"):
+        make("backdoor-patch", boost="auto", num_clients=10, num_malicious=0)
+
+
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
@@ -126,7 +140,7 @@ def test_scaling_is_patch_trigger_with_boost_n():
         ("labelflip", {"source": 1, "target": -1}, "target"),
         ("backdoor-patch", {"location": "middle"}, "location"),
         ("backdoor-blend", {"alpha": 0.0}, "alpha"),
-        ("backdoor-patch", {"boost": "auto"}, "num_clients"),
+        ("backdoor-patch", {"boost": "big"}, "boost"),
         ("backdoor-patch", {"boost": -2.0}, "boost"),
     ],
 )

@@ -16,6 +16,7 @@ from clients.attacks.base import (
     ModelAttack,
     constructor_params,
     registry,
+    round_counts,
 )
 
 
@@ -32,7 +33,9 @@ def create_attack(
     """Build the attack ``name`` with ``params``.
 
     ``num_classes``, ``low``, ``high`` (the normalised black / white pixel values) describe the
-    task; ``num_clients`` / ``num_malicious`` are needed by ``boost="auto"`` / ``"n"``. Unknown
+    task; ``num_clients`` / ``num_malicious`` resolve ``boost="auto"`` / ``"n"`` (without them the
+    boost stays pending until ``attack.bind(n, m)``, which ``clients.client`` does from the run
+    config). Unknown
     names or parameters raise :class:`AttackError` listing the valid ones.
     """
     reg = registry()
@@ -63,8 +66,7 @@ def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | Non
     "auto" = n / m and "n" = n of the round."""
     if cfg.attack == "none" or cfg.malicious_count == 0:
         return None
-    per_round = cfg.clients_per_round or cfg.num_clients
-    num_malicious = max(1, round(cfg.malicious_count * per_round / cfg.num_clients))
+    per_round, num_malicious = round_counts(cfg)
     return create_attack(
         cfg.attack, num_classes=dataset.num_classes, low=dataset.low, high=dataset.high,
         num_clients=per_round, num_malicious=num_malicious, **cfg.attack_params,

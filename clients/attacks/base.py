@@ -57,7 +57,34 @@ class DataAttack(Attack):
     """Poisons a malicious client's own data; the trained delta is then scaled by ``boost``."""
 
     kind: ClassVar[str] = "data"
-    boost: float = 1.0
+    _boost: float | None = 1.0
+    _boost_spec: Any = 1.0
+
+    @property
+    def boost(self) -> float:
+        """λ, the factor on the trained delta. A symbolic ``"auto"`` / ``"n"`` given without the
+        round's counts stays pending until :meth:`bind` (``clients.client`` binds it from the run
+        config); reading it before is an error."""
+        if self._boost is None:
+            raise AttackError(
+                f"attack {self.name!r}: boost={self._boost_spec!r} is not resolved; pass "
+                "num_clients/num_malicious to create_attack or call attack.bind(n, m)"
+            )
+        return self._boost
+
+    @property
+    def boost_pending(self) -> bool:
+        return self._boost is None
+
+    def bind(self, num_clients: int, num_malicious: int) -> None:
+        """Resolve a pending symbolic boost with the round's client / malicious counts."""
+        if self._boost is None:
+            self._boost = resolve_boost(self.name, self._boost_spec, num_clients, num_malicious)
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        out["boost"] = self._boost_spec if self._boost is None else self._boost
+        return out
 
     def poison(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
@@ -234,21 +261,30 @@ def check_label(attack: str, pname: str, value: Any, num_classes: int) -> int:
     return int(value)
 
 
+def round_counts(cfg: Any) -> tuple[int, int]:
+    """(n, m) of a round of a :class:`tasks.config.RunConfig`: n = clients aggregated per round
+    (``clients_per_round`` or ``num_clients``), m = the malicious share of them
+    (``malicious_count`` scaled to a round, at least 1)."""
+    per_round = cfg.clients_per_round or cfg.num_clients
+    return per_round, max(1, round(cfg.malicious_count * per_round / cfg.num_clients))
+
+
 def resolve_boost(
     attack: str,
     value: Any,
     num_clients: int | None,
     num_malicious: int | None,
-) -> float:
+) -> float | None:
     """``boost``: a number λ > 0, ``"auto"`` = n / (number of malicious clients) (Bagdasaryan's
     model replacement γ = n/η with η = 1, shared by the colluders), or ``"n"`` = n (FLTrust's
-    Scaling attack)."""
+    Scaling attack). None (pending) for a symbolic value when ``num_clients`` is not known yet."""
     if value in ("auto", "n"):
-        if num_clients is None or (value == "auto" and not num_malicious):
+        if num_clients is None:
+            return None
+        if value == "auto" and not num_malicious:
             raise AttackError(
-                f"attack {attack!r}: boost={value!r} needs num_clients"
-                + (" and num_malicious >= 1" if value == "auto" else "")
-                + " at creation (create_attack(..., num_clients=, num_malicious=))"
+                f"attack {attack!r}: boost='auto' (n / m) needs num_malicious >= 1, "
+                f"got {num_malicious!r}"
             )
         if value == "n":
             return float(num_clients)

@@ -68,7 +68,8 @@ class _Base(DataAttack):
         self.low = float(low)
         self.high = float(high)
         self.poison_fraction = check_fraction(self.name, "poison_fraction", poison_fraction)
-        self.boost = resolve_boost(self.name, boost, num_clients, num_malicious)
+        self._boost_spec = boost
+        self._boost = resolve_boost(self.name, boost, num_clients, num_malicious)
 
 
 @register
