@@ -62,13 +62,11 @@ def capped_weights(num_examples: list[float], cap_factor: float = 10.0) -> torch
 
 
 def build_attack(cfg: RunConfig, dataset: Any) -> Any:
-    """The scenario's attack object, or None for ``attack = "none"`` / no malicious client."""
-    if cfg.attack == "none" or cfg.malicious_count == 0:
-        return None
-    from clients.attacks import create_attack
+    """The scenario's attack object, or None for ``attack = "none"`` / no malicious client
+    (``clients.attacks.attack_from_config``)."""
+    from clients.attacks import attack_from_config
 
-    return create_attack(cfg.attack, num_classes=dataset.num_classes, low=dataset.low,
-                         high=dataset.high, **cfg.attack_params)
+    return attack_from_config(cfg, dataset)
 
 
 def server_reference(task: Any, global_vec: torch.Tensor, server_round: int,

@@ -37,6 +37,7 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tasks.config import ConfigError, RunConfig
@@ -320,7 +321,7 @@ def validate_components(cells: list[Cell]) -> None:
     """Check every rule, attack, dataset, partition and model name/parameter set before a sweep
     starts, so that a typo fails in a second rather than after an hour of other cells."""
     import aggregators
-    from clients.attacks import AttackError, available_attacks, create_attack
+    from clients.attacks import AttackError, attack_from_config, available_attacks
     from tasks.datasets import available_datasets
     from tasks.models import available_models
     from tasks.partition import available_partitions
@@ -343,10 +344,14 @@ def validate_components(cells: list[Cell]) -> None:
         except aggregators.AggregatorError as exc:
             raise ScenarioError(f"aggregator: {exc}") from None
         if cfg.attack != "none":
+            probe = cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1)
             try:
-                create_attack(cfg.attack, num_classes=10, low=0.0, high=1.0, **cfg.attack_params)
+                attack_from_config(probe, _PROBE_DATASET)
             except AttackError as exc:
                 raise ScenarioError(f"attack: {exc}") from None
+
+
+_PROBE_DATASET = SimpleNamespace(num_classes=10, low=0.0, high=1.0)
 
 
 def _check_names(key: str, used: set[str], allowed: Any) -> None:

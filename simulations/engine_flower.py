@@ -1,0 +1,251 @@
+"""The Flower engine: one run under the Flower Simulation Engine (``flwr run``, Ray backend) with
+fedshield's ServerApp (``server.server_app``) and ClientApp (``clients.client_app``).
+
+``run_flower(cfg)``:
+
+1. makes a private ``FLWR_HOME`` (a temp dir) and picks free 127.0.0.1 ports for the managed
+   local SuperLink (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``, ``FLWR_LOCAL_CONTROL_API_PORT``), so
+   that it never reuses a SuperLink somebody else started;
+2. writes the run config (``RunConfig.to_flower()``, kebab-case, with an absolute
+   ``output-dir``) to a TOML file and runs::
+
+       flwr run <repo root> --stream --run-config run_config.toml \\
+           --federation-config "num-supernodes=N client-resources-num-cpus=1 \\
+                                client-resources-num-gpus=0.0 init-args-num-cpus=C"
+
+   with ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
+   FLWR_TELEMETRY_ENABLED=0``, one torch/BLAS thread per process and ``OMP_WAIT_POLICY=PASSIVE``;
+3. reads ``output_dir/rounds.jsonl`` (the ServerApp's per-round rows) and ``output_dir/final.pt``;
+4. stops every process of the run — the detached SuperLink the CLI spawned, its ServerApp and
+   simulation subprocesses and Ray — identified by the private ``FLWR_HOME`` in their
+   environment (never by a process name).
+
+Every key of the run config must be declared in ``[tool.flwr.app.config]`` of pyproject.toml
+(the SuperLink refuses override keys it does not know); a missing key is a clear error.
+The rows are converted to the inline engine's metric rows (:mod:`simulations.metrics`); the
+coordinate share of median / trimmed mean needs the update matrix, which the ServerApp does not
+write, so it is None here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simulations.engine_inline import RunResult
+from tasks.config import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+class FlowerEngineError(ValueError):
+    """``flwr run`` failed, timed out, or left no results; the message says where to look."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def declared_config_keys(repo: Path = REPO_ROOT) -> set[str]:
+    data = tomllib.loads((repo / "pyproject.toml").read_text())
+    return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def run_config_toml(cfg: RunConfig) -> str:
+    """The run config as the TOML ``flwr run --run-config FILE`` reads (flat, kebab-case)."""
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_flower())
+
+
+def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = None,
+               log_path: str | Path | None = None, app_dir: str | Path = REPO_ROOT) -> RunResult:
+    """Run ``cfg`` under ``flwr run`` and return its rounds and final vector.
+
+    ``app_dir`` is the Flower app (a directory with pyproject.toml; the repository root by
+    default); ``log_path`` receives the CLI output and the SuperLink log.
+    """
+    app_dir = Path(app_dir).resolve()
+    missing = sorted(set(cfg.to_flower()) - declared_config_keys(app_dir))
+    if missing:
+        raise FlowerEngineError(
+            f"pyproject.toml [tool.flwr.app.config] does not declare {missing}: the SuperLink "
+            "refuses run-config keys that the app does not declare"
+        )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedshield-flwr-") as tmp:
+        home = Path(tmp)
+        out_dir = Path(cfg.output_dir).resolve() if cfg.output_dir else home / "out"
+        run_cfg = cfg.with_updates(output_dir=str(out_dir))
+        config_file = home / "run_config.toml"
+        config_file.write_text(run_config_toml(run_cfg))
+        cpus = cpus or min(2, os.cpu_count() or 1)
+        federation = (f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1 "
+                      f"client-resources-num-gpus=0.0 init-args-num-cpus={cpus}")
+        flwr = Path(sys.executable).with_name("flwr")
+        cmd = [str(flwr), "run", str(app_dir), "--stream", "--run-config", str(config_file),
+               "--federation-config", federation]
+        env = flower_env(home, app_dir)
+        output = ""
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+            output = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            output = _text(exc.stdout) + _text(exc.stderr)
+            raise FlowerEngineError(f"flwr run timed out after {timeout:.0f} s: "
+                                    f"{output[-2000:]}") from None
+        finally:
+            stop_processes(home)
+            if log_path is not None:
+                Path(log_path).write_text(output + _superlink_log(home))
+        final_path = out_dir / "final.pt"
+        if proc.returncode != 0 or not final_path.exists():
+            raise FlowerEngineError(
+                f"flwr run exited with {proc.returncode} and "
+                f"{'a' if final_path.exists() else 'no'} final.pt; output tail:\n"
+                f"{output[-3000:]}\nSuperLink log tail:\n{_superlink_log(home)[-3000:]}"
+            )
+        rows = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()
+                if line.strip()]
+        final = torch.load(final_path, weights_only=True)
+    rule_name, params = cfg.aggregator, cfg.aggregator_params
+    return RunResult(rounds=[convert_row(r, rule_name, params) for r in rows],
+                     final_vector=final, malicious_ids=cfg.malicious_ids()
+                     if cfg.malicious_count else [], seconds=time.perf_counter() - start)
+
+
+def flower_env(home: Path, app_dir: Path = REPO_ROOT) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    env["FLWR_HOME"] = str(home)
+    env["RAY_TMPDIR"] = str(home / "ray")
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(app_dir) + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+    (home / "ray").mkdir(exist_ok=True)
+    return env
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _superlink_log(home: Path) -> str:
+    path = home / "local-superlink" / "superlink.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# --- process clean-up ---------------------------------------------------------------------------
+def processes_of(home: Path) -> list[int]:
+    """Pids of this user's processes whose environment holds ``FLWR_HOME=<home>``."""
+    marker = f"FLWR_HOME={home}".encode()
+    own = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_processes(home: Path, grace: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, every process of the run in ``home``."""
+    pids = processes_of(home)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for pid in processes_of(home):
+        _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --- rows -----------------------------------------------------------------------------------------
+def convert_row(row: dict[str, Any], rule_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A ServerApp ``rounds.jsonl`` row as an inline-engine metrics row."""
+    from simulations import metrics
+
+    pids = row.get("partition_ids") or []
+    bad = set(row.get("malicious_in_round") or [])
+    mask = torch.tensor([p in bad for p in pids], dtype=torch.bool)
+    accepted = row.get("accepted")
+    acc = None if accepted is None else torch.tensor([bool(a) for a in accepted])
+    weights = row.get("weights")
+    share, kind = None, "unavailable"
+    if weights is not None and len(weights) == len(pids) and pids:
+        w = torch.tensor(weights, dtype=torch.float64).abs()
+        share = float(w[mask].sum() / w.sum()) if float(w.sum()) > 0 else None
+        kind = "weights"
+    elif acc is not None and int(acc.sum()):
+        share, kind = int((acc & mask).sum()) / int(acc.sum()), "accepted"
+    det = metrics.detection(acc, mask) if acc is not None else metrics.detection(None, mask)
+    norms = torch.tensor(row.get("update_norms") or [], dtype=torch.float64)
+    has = norms.numel() == mask.numel() and norms.numel() > 0
+    return {
+        "round": row["round"],
+        "clients": row.get("clients", len(pids)),
+        "malicious_in_round": sorted(bad),
+        "accepted": accepted,
+        "malicious_share": share,
+        "share_kind": kind,
+        "aggregation_seconds": row.get("aggregation_seconds"),
+        "update_norm": None,
+        "train_loss": row.get("train_loss"),
+        "accuracy": row.get("accuracy"), "loss": row.get("loss"), "asr": row.get("asr"),
+        "precision": det["precision"], "recall": det["recall"], "fpr": det["fpr"],
+        "norm_benign": float(norms[~mask].mean()) if has and bool((~mask).any()) else None,
+        "norm_malicious": float(norms[mask].mean()) if has and bool(mask.any()) else None,
+        "norm_max": float(norms.max()) if has else None,
+        "round_seconds": row.get("round_seconds"),
+        "rejected": row.get("rejected"),
+        "skipped": row.get("skipped"),
+    }
