@@ -1,0 +1,130 @@
+"""FoolsGold — Fung, Yoon, Beschastnikh, "The Limitations of Federated Learning in Sybil
+Settings", RAID 2020 (arXiv:1808.04866).
+
+Sybils pushing the same poisoning objective send similar updates round after round; FoolsGold
+down-weights clients whose *histories* look alike. With H_i = Σ_t Δ_{i,t} (this round included):
+
+    cs_ij = cos(H_i, H_j) for i ≠ j, cs_ii = 0,   v_i = max_j cs_ij
+    pardoning: if v_i < v_j then cs_ij ← cs_ij · v_i / v_j
+    α_i = 1 − max_j cs_ij, clipped to [0, 1];  α ← α / max_j α_j;  α_i = 1 → 0.99
+    α_i ← κ · (ln(α_i / (1 − α_i)) + 0.5), clipped to [0, 1]
+    update = Σ_i α_i Δ_i / Σ_i α_i      (``normalize=True``; the reference code's Σ_i α_i Δ_i
+                                          when ``normalize=False``)
+
+Identical (sybil) updates have cs = 1, hence α = 0: they get no weight (1 − cs < 10⁻⁶, the
+float32 rounding of a cosine, counts as identical). When every α is 0 (all
+clients alike), the update is zero: nothing is trusted.
+
+State: one history per client id (``client_ids`` in the call's context), kept across rounds for
+every client ever seen — a client that skips rounds keeps its history and resumes it when it
+returns; only the clients present in a round are compared. Without ``client_ids`` the row positions
+0..n−1 are the ids. ``reset()`` forgets every history. The paper's optional restriction to the
+"indicative" output-layer features is not implemented (all coordinates are used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from aggregators.base import Aggregation, AggregatorError, Rule, register
+from aggregators.flame import cosine_similarity
+from aggregators.kernels import weighted_sum
+from aggregators.validation import check_context, check_positive, check_updates
+
+# 1 − cos below this is float32 rounding of identical directions (the kernel's GEMM runs in the
+# updates' dtype); without it, α / max α would blow rounding noise up to a full weight.
+IDENTICAL_TOL = 1e-6
+
+
+def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:
+    """(n,) float64 FoolsGold weights α of the rows of ``histories`` (formula in the module doc)."""
+    n = histories.shape[0]
+    if n == 1:
+        return torch.ones(1, dtype=torch.float64)
+    cs = cosine_similarity(histories)
+    cs.fill_diagonal_(0.0)  # the reference code's cs − I: maxima are taken with a floor of 0
+    v = cs.max(dim=1).values
+    pardon = v[:, None] < v[None, :]
+    cs = torch.where(pardon, cs * v[:, None] / torch.where(pardon, v[None, :], 1.0), cs)
+    alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)
+    alpha = torch.where(alpha < IDENTICAL_TOL, 0.0, alpha)  # rounding of cos = 1 is identical
+    top = alpha.max()
+    if top <= 0:
+        return torch.zeros(n, dtype=torch.float64)
+    alpha = (alpha / top).clamp(max=0.99)
+    logit = kappa * (torch.log(alpha) - torch.log1p(-alpha) + 0.5)
+    return torch.nan_to_num(logit, nan=0.0, neginf=0.0, posinf=1.0).clamp(0.0, 1.0)
+
+
+@register
+class FoolsGold(Rule):
+    """FoolsGold (Fung et al., RAID 2020): per-client history similarity → logit weights.
+
+    Parameters
+    ----------
+    kappa : float > 0
+        Confidence κ of the logit (the paper's and reference code's 1).
+    normalize : bool
+        Divide the weighted sum by Σα (a weighted mean; default) or return Σ α_i Δ_i.
+    use_history : bool
+        Compare accumulated histories (the paper) or only this round's updates.
+    """
+
+    name: ClassVar[str] = "foolsgold"
+    stateful: ClassVar[bool] = True
+
+    def __init__(self, kappa: float = 1.0, normalize: bool = True, use_history: bool = True):
+        check_positive("foolsgold", "kappa", kappa)
+        for pname, value in (("normalize", normalize), ("use_history", use_history)):
+            if not isinstance(value, bool):
+                raise AggregatorError(f"foolsgold: {pname} must be True or False, got {value!r}")
+        self.kappa = float(kappa)
+        self.normalize = normalize
+        self.use_history = use_history
+        self._history: dict[Hashable, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self._history = {}
+
+    def _ids(self, n: int, client_ids: Sequence[Hashable] | None) -> list[Hashable]:
+        if client_ids is None:
+            return list(range(n))
+        ids = list(client_ids)  # the length was checked by check_context
+        if len(set(ids)) != n:
+            raise AggregatorError("foolsgold: client_ids must be distinct within a round")
+        return ids
+
+    def _accumulate(self, ids: list[Hashable], updates: torch.Tensor) -> torch.Tensor:
+        d = updates.shape[1]
+        rows = []
+        for cid, delta in zip(ids, updates, strict=True):
+            old = self._history.get(cid)
+            if old is not None and old.shape[0] != d:
+                raise AggregatorError(
+                    f"foolsgold: client {cid!r} has a history of dimension {old.shape[0]} but "
+                    f"sent an update of dimension {d}; call reset() when the model changes"
+                )
+            new = delta.clone() if old is None else old + delta
+            self._history[cid] = new
+            rows.append(new)
+        return torch.stack(rows)
+
+    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
+        updates = check_updates(self, updates)
+        ctx = check_context(self, updates, context)
+        ids = self._ids(updates.shape[0], ctx.client_ids)
+        histories = self._accumulate(ids, updates)
+        basis = histories if self.use_history else updates
+        alpha = foolsgold_weights(basis, self.kappa)
+        total = float(alpha.sum())
+        share = alpha / total if total > 0 else torch.zeros_like(alpha)
+        combined = weighted_sum(share if self.normalize else alpha, updates)
+        return Aggregation(
+            update=combined,
+            accepted=alpha > 0,
+            weights=share,
+            diagnostics={"alpha": alpha.tolist(), "known_clients": len(self._history)},
+        )

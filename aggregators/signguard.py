@@ -1,0 +1,146 @@
+"""SignGuard — Xu, Huang, Li, Cai, "SignGuard: Byzantine-robust Federated Learning through
+Collaborative Malicious Gradient Filtering", ICDCS 2022 (arXiv:2109.05872).
+
+Two filters, then a clipped mean:
+
+1. **Norm filter.** M = median_i ‖Δ_i‖ (even n: mean of the two middle norms);
+   S₁ = {i : L·M ≤ ‖Δ_i‖ ≤ R·M}  (paper: L = 0.1, R = 3.0).
+2. **Sign clustering.** On a random subset r of ⌈p·d⌉ coordinates, each client's features are the
+   fractions of positive, zero and negative signs of Δ_i[r], each feature divided by its maximum
+   over clients (as the authors' code does). The features are clustered — MeanShift with the
+   bandwidth ``estimate_bandwidth(quantile=0.5)``, bin seeding, orphans unassigned (the authors'
+   settings; default), or K-means with 2 clusters, or DBSCAN(eps, min_samples) — and
+   S₂ = the largest cluster.
+3. **Aggregate.** S = S₁ ∩ S₂ (S₁ alone if the intersection is empty, everyone if S₁ is too);
+   update = mean_{i∈S} Δ_i · min(1, M / ‖Δ_i‖).
+
+If every client has the same sign features (no spread to cluster), S₂ is everyone. The coordinate
+subset comes from a ``torch.Generator`` seeded with ``seed`` at construction (a new subset per call;
+``reset()`` re-seeds). scikit-learn's clusterers get ``random_state=seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from aggregators.base import Aggregation, AggregatorError, Rule, register
+from aggregators.flame import clipped_mean, median_norm, row_norms
+from aggregators.validation import check_context, check_f, check_positive, check_updates
+
+CLUSTERINGS = ("meanshift", "kmeans", "dbscan")
+
+
+def sign_features(sub: torch.Tensor) -> np.ndarray:
+    """(n, 3) fractions of positive / zero / negative entries per row, each column / its max."""
+    signs = torch.sign(sub)
+    feats = torch.stack([(signs == s).to(torch.float64).mean(dim=1) for s in (1, 0, -1)], dim=1)
+    top = feats.max(dim=0).values
+    return (feats / torch.where(top > 0, top, 1.0)).numpy()
+
+
+def largest_cluster(labels: np.ndarray) -> np.ndarray:
+    """(n,) bool members of the most populous non-negative label (lowest label on ties)."""
+    clustered = labels[labels >= 0]
+    if clustered.size == 0:
+        return np.zeros(labels.shape[0], dtype=bool)
+    return labels == np.bincount(clustered).argmax()
+
+
+@register
+class SignGuard(Rule):
+    """SignGuard (Xu et al., ICDCS 2022): norm band, sign-statistics clustering, clipped mean.
+
+    Parameters
+    ----------
+    lower, upper : float
+        Norm band [lower·M, upper·M] around the median norm M (0 ≤ lower ≤ 1 ≤ upper).
+    fraction : float in (0, 1]
+        Share p of coordinates sampled for the sign features.
+    clustering : "meanshift" | "kmeans" | "dbscan"
+    eps, min_samples : DBSCAN's parameters (used only with ``clustering="dbscan"``).
+    seed : int
+    """
+
+    name: ClassVar[str] = "signguard"
+
+    def __init__(self, lower: float = 0.1, upper: float = 3.0, fraction: float = 0.1,
+                 clustering: str = "meanshift", eps: float = 0.05, min_samples: int = 2,
+                 seed: int = 0):
+        if check_positive("signguard", "lower", lower, allow_zero=True) > 1:
+            raise AggregatorError(f"signguard: lower must be in [0, 1], got {lower!r}")
+        if check_positive("signguard", "upper", upper) < 1:
+            raise AggregatorError(f"signguard: upper must be >= 1, got {upper!r}")
+        if check_positive("signguard", "fraction", fraction) > 1:
+            raise AggregatorError(f"signguard: fraction must be in (0, 1], got {fraction!r}")
+        if clustering not in CLUSTERINGS:
+            raise AggregatorError(
+                f"signguard: clustering must be one of {', '.join(CLUSTERINGS)}; got {clustering!r}"
+            )
+        check_positive("signguard", "eps", eps)
+        check_positive("signguard", "min_samples", min_samples, integer=True)
+        check_f("signguard", seed, name="seed")
+        self.lower = float(lower)
+        self.upper = float(upper)
+        self.fraction = float(fraction)
+        self.clustering = clustering
+        self.eps = float(eps)
+        self.min_samples = min_samples
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def _cluster(self, feats: np.ndarray) -> np.ndarray:
+        """(n,) bool: the largest cluster of the sign features."""
+        from sklearn.cluster import DBSCAN, KMeans, MeanShift, estimate_bandwidth  # lazy, ~1 s
+
+        n = feats.shape[0]
+        if n < 2 or np.ptp(feats, axis=0).max() <= 1e-12:
+            return np.ones(n, dtype=bool)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.clustering == "kmeans":
+                labels = KMeans(n_clusters=2, n_init=10, random_state=self.seed).fit_predict(feats)
+            elif self.clustering == "dbscan":
+                labels = DBSCAN(eps=self.eps, min_samples=self.min_samples).fit_predict(feats)
+            else:
+                bandwidth = estimate_bandwidth(feats, quantile=0.5, random_state=self.seed)
+                if bandwidth <= 1e-12:
+                    return np.ones(n, dtype=bool)
+                labels = MeanShift(
+                    bandwidth=bandwidth, bin_seeding=True, cluster_all=False
+                ).fit_predict(feats)
+        return largest_cluster(labels)
+
+    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
+        updates = check_updates(self, updates)
+        check_context(self, updates, context)
+        n, d = updates.shape
+        norms = row_norms(updates)
+        bound = median_norm(norms)
+        in_band = (norms >= self.lower * bound) & (norms <= self.upper * bound)
+        size = min(d, max(1, math.ceil(self.fraction * d)))
+        cols = torch.randperm(d, generator=self._generator)[:size] if size < d else slice(None)
+        in_cluster = torch.from_numpy(self._cluster(sign_features(updates[:, cols])))
+        good = in_band & in_cluster
+        fallback = not bool(good.any())
+        if fallback:
+            good = in_band if bool(in_band.any()) else torch.ones(n, dtype=torch.bool)
+        mean = clipped_mean(updates, norms, good, bound)
+        return Aggregation(
+            update=mean,
+            accepted=good,
+            weights=good.to(torch.float64) / int(good.sum()),
+            diagnostics={
+                "clip_norm": bound,
+                "norm_rejected": int((~in_band).sum()),
+                "sign_rejected": int((~in_cluster).sum()),
+                "empty_intersection": fallback,
+            },
+        )
