@@ -60,7 +60,6 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from tasks.task import get_task
 
 import aggregators
 from server.checkpoint import CheckpointStore, check_compatible
@@ -71,6 +70,7 @@ from server.strategy import RobustStrategy
 from tasks.config import RunConfig
 from tasks.params import arrayrecord_to_vector, to_arrayrecord
 from tasks.seeding import torch_generator
+from tasks.task import get_task
 
 
 class ServerAppError(ValueError):
@@ -78,6 +78,7 @@ class ServerAppError(ValueError):
 
 
 app = ServerApp()
+NODE_WAIT_SECONDS = 300.0  # a federation smaller than num-clients fails after this, not never
 
 
 @app.main()
@@ -127,6 +128,7 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
         fraction_train=(cfg.clients_per_round or cfg.num_clients) / cfg.num_clients,
         min_train_nodes=cfg.clients_per_round or cfg.num_clients,
         min_available_nodes=cfg.num_clients, fraction_evaluate=0.0,
+        node_wait_timeout=NODE_WAIT_SECONDS,
     )
     ckpt = store.latest() if (resume and store is not None) else None
     if ckpt is not None:

@@ -40,6 +40,7 @@ ids never go there).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
@@ -87,6 +88,8 @@ class RobustStrategy(FedAvg):
         (absolute, and relative to the round's median report; None disables either).
     round_offset: rounds already done (resume): Flower's round r is reported as r + round_offset.
     sample_seed: seed of the client sampling (``(sample_seed, "sample", round)``); None = unseeded.
+    node_wait_timeout: seconds to wait for ``min_available_nodes`` nodes before raising
+        StrategyError (None = wait forever, Flower's behaviour).
     Other keyword arguments go to ``FedAvg`` (fraction_train, min_available_nodes, ...).
     """
 
@@ -104,6 +107,7 @@ class RobustStrategy(FedAvg):
         num_examples_cap_factor: float | None = 10.0,
         round_offset: int = 0,
         sample_seed: int | None = None,
+        node_wait_timeout: float | None = None,
         meta_key: str = "meta",
         **fedavg_kwargs: Any,
     ) -> None:
@@ -132,6 +136,7 @@ class RobustStrategy(FedAvg):
         self.num_examples_cap_factor = num_examples_cap_factor
         self.round_offset = round_offset
         self.sample_seed = sample_seed
+        self.node_wait_timeout = node_wait_timeout
         self.keys = ReplyKeys(arrays=self.arrayrecord_key, meta=meta_key,
                               weight=self.weighted_by_key)
         self.reports: dict[int, dict[str, Any]] = {}
@@ -174,10 +179,16 @@ class RobustStrategy(FedAvg):
         return self._construct_messages(record, sampled, MessageType.TRAIN)
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        import time
-
         need = max(self.min_available_nodes, self.min_train_nodes)
+        start = time.monotonic()
         while len(nodes := list(grid.get_node_ids())) < need:
+            waited = time.monotonic() - start
+            if self.node_wait_timeout is not None and waited > self.node_wait_timeout:
+                raise StrategyError(
+                    f"only {len(nodes)} nodes connected after {waited:.0f} s, "
+                    f"min_available_nodes={need} (run config num-clients); in simulation pass "
+                    f'--federation-config "num-supernodes={need}"'
+                )
             log(INFO, "Waiting for nodes to connect: %d connected (minimum %d)", len(nodes), need)
             time.sleep(1)
         return nodes

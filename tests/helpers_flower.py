@@ -66,3 +66,48 @@ def reply(node_id: int, delta: Any, *, pid: int | None = None, malicious: bool =
 
 def error_reply(node_id: int, reason: str = "ClientApp raised") -> Message:
     return Message(error=Error(code=3, reason=reason), metadata=metadata(node_id))
+
+
+class InProcessGrid:
+    """A Flower ``Grid`` stand-in that runs fedshield's ClientApp ``train`` in this process, one
+    node per partition (node ids 1001, 1002, ...), for fast end-to-end ServerApp tests.
+
+    ``crash_in_round``: raise ``RuntimeError`` when that (1-based, call-count) round is sent,
+    simulating a server crash. ``node_config``: extra node_config entries per partition id.
+    """
+
+    def __init__(self, run_config: dict[str, Any], num_nodes: int, *,
+                 crash_in_round: int | None = None,
+                 node_config: dict[int, dict[str, Any]] | None = None) -> None:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+        self.run_config = run_config
+        self.nodes = {1001 + i: i for i in range(num_nodes)}
+        self.crash_in_round = crash_in_round
+        self.node_config = node_config or {}
+        self.calls = 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Context
+
+        from clients.client_app import train
+
+        messages = list(messages)
+        if not messages:
+            return []
+        self.calls += 1
+        if self.crash_in_round == self.calls:
+            raise RuntimeError(f"simulated crash in round {self.calls}")
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            pid = self.nodes[node]
+            ctx = Context(run_id=1, node_id=node, state=RecordDict(), run_config=self.run_config,
+                          node_config={"partition-id": pid, "num-partitions": len(self.nodes),
+                                       **self.node_config.get(pid, {})})
+            replies.append(train(msg, ctx))
+        return replies

@@ -1,0 +1,1 @@
+"""fedshield deployment helpers: credentials and a local TLS + SuperNode-auth federation."""

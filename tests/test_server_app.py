@@ -1,0 +1,113 @@
+"""ServerApp + ClientApp end to end in one process (InProcessGrid): files, parity with the inline
+engine, crash and resume, FLTrust reference, the simulation adversary stage, node identity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from helpers_flower import InProcessGrid
+
+from clients.client_app import node_identity
+from server.ledger import verify_ledger
+from server.server_app import ServerAppError, run_server
+from tasks.config import ConfigError, RunConfig
+
+BASE = dict(dataset="digits", model="logreg", num_clients=4, rounds=2, local_steps=2,
+            batch_size=16, partition="iid", seed=3)
+
+
+def serve(cfg: RunConfig, **grid_kwargs):
+    grid = InProcessGrid(cfg.to_flower(), cfg.num_clients, **grid_kwargs)
+    return run_server(grid, cfg)
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_files_and_parity_with_inline_engine(tmp_path):
+    from simulations.engine_inline import run_inline
+
+    cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
+    final = serve(cfg)
+    out = rows(tmp_path / "rounds.jsonl")
+    assert [r["round"] for r in out] == [1, 2]
+    assert out[0]["partition_ids"] == [0, 1, 2, 3] and out[0]["rejected"] == 0
+    assert 0.0 <= out[1]["accuracy"] <= 1.0 and out[1]["model_hash"]
+    check = verify_ledger(tmp_path / "ledger.jsonl")
+    assert check.ok and check.rows == 3  # start + 2 rounds
+    assert torch.equal(torch.load(tmp_path / "final.pt"), final)
+    inline = run_inline(cfg.with_updates(output_dir=""))
+    # the ClientApp sends θ_t + Δ (float32) and the server subtracts θ_t: equal up to rounding
+    torch.testing.assert_close(final, inline.final_vector, atol=1e-5, rtol=0)
+    assert out[1]["accuracy"] == pytest.approx(inline.rounds[-1]["accuracy"], abs=0.01)
+
+
+def test_crash_then_resume_gives_the_uninterrupted_result(tmp_path):
+    cfg = RunConfig(**{**BASE, "rounds": 3}, aggregator="trimmedmean",
+                    aggregator_params={"f": 1}, output_dir=str(tmp_path / "a"))
+    reference = serve(cfg)
+    crashed = cfg.with_updates(output_dir=str(tmp_path / "b"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        serve(crashed, crash_in_round=2)
+    with pytest.raises(ServerAppError, match="resume=true"):
+        serve(crashed)
+    resumed = run_server(InProcessGrid(crashed.to_flower(), 4), crashed, resume=True)
+    torch.testing.assert_close(resumed, reference, atol=0, rtol=0)
+    assert [r["round"] for r in rows(tmp_path / "b" / "rounds.jsonl")] == [1, 2, 3]
+    kinds = [r["kind"] for r in rows(tmp_path / "b" / "ledger.jsonl")]
+    assert kinds == ["start", "round", "resume", "round", "round"]
+    assert verify_ledger(tmp_path / "b" / "ledger.jsonl").ok
+
+
+def test_fltrust_gets_the_server_reference_update(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="fltrust", root_size=40, output_dir=str(tmp_path))
+    serve(cfg)
+    out = rows(tmp_path / "rounds.jsonl")
+    assert not out[0]["skipped"] and out[0]["weights"] is not None
+    assert sum(out[0]["weights"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_model_attack_applied_by_adversary_stage_on_reported_malicious(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="krum", aggregator_params={"f": 1},
+                    attack="signflip", num_malicious=1, output_dir=str(tmp_path))
+    serve(cfg)
+    bad = cfg.malicious_ids()
+    out = rows(tmp_path / "rounds.jsonl")
+    for row in out:
+        assert row["malicious_in_round"] == bad
+        decisions = {d["partition_id"]: d for d in row["decisions"]}
+        assert decisions[bad[0]]["malicious"] is True
+        assert decisions[bad[0]]["status"] == "excluded"  # krum drops the sign-flipped update
+    ledger_rounds = [r for r in rows(tmp_path / "ledger.jsonl") if r["kind"] == "round"]
+    assert ledger_rounds[0]["rule"] == "krum" and ledger_rounds[0]["rule_params"]["f"] == 1
+
+
+def test_node_config_decides_malicious_in_a_deployment(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="median", attack="labelflip", num_malicious=0,
+                    output_dir=str(tmp_path))
+    serve(cfg, node_config={2: {"malicious": True}})
+    row = rows(tmp_path / "rounds.jsonl")[0]
+    assert row["malicious_in_round"] == [2]
+
+
+def ctx(node_config, cfg):
+    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(),
+                   run_config=cfg.to_flower())
+
+
+def test_node_identity_checks():
+    cfg = RunConfig(num_clients=4, attack="labelflip", num_malicious=1)
+    pid, mal = node_identity(ctx({"partition-id": 1, "num-partitions": 4}, cfg), cfg)
+    assert pid == 1 and mal == (1 in cfg.malicious_ids())
+    assert node_identity(ctx({"partition-id": 1, "num-partitions": 4, "malicious": True}, cfg),
+                         cfg) == (1, True)
+    with pytest.raises(ConfigError, match="num-clients=4"):
+        node_identity(ctx({"partition-id": 1, "num-partitions": 2}, cfg), cfg)
+    with pytest.raises(ConfigError, match="partition-id=4"):
+        node_identity(ctx({"partition-id": 4, "num-partitions": 4}, cfg), cfg)
+    with pytest.raises(ConfigError, match="node_config needs"):
+        node_identity(ctx({}, cfg), cfg)
