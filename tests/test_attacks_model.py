@@ -325,3 +325,23 @@ def test_chunked_float64_statistics_match_brute_force(monkeypatch):
     off_a, off_b = _linalg.offsets_from(a, mu, p)
     assert torch.allclose(off_a, ((mu - a.double()) ** 2).sum(1))
     assert torch.allclose(off_b, (mu - a.double()) @ p)
+
+
+def test_rules_needing_a_reference_fall_back_to_the_local_surrogate():
+
+    class NeedsReference:
+        needs_reference = True
+
+        def __call__(self, updates):
+            raise AssertionError("must not be called without the server reference")
+
+    benign, mal = cloud(8, 20, 10), cloud(3, 20, 11)
+    attack = make("fang-krum")
+    run(attack, mal, benign, aggregator=NeedsReference())
+    assert attack.last_diagnostics["selected"]  # decided by the local Krum
+    tailored = make("minmax", objective="tailored")
+    run(tailored, mal, benign, aggregator=NeedsReference())
+    agnostic = make("minmax")
+    run(agnostic, mal, benign)
+    assert tailored.last_diagnostics["fallback"] == "agnostic"
+    assert tailored.last_diagnostics["gamma"] == agnostic.last_diagnostics["gamma"]

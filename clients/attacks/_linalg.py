@@ -99,6 +99,13 @@ def gamma_search(ok: Callable[[float], bool], *, init: float = 10.0, tol: float 
     return succ
 
 
+def can_call(aggregator: Any) -> bool:
+    """Whether an attack can evaluate ``aggregator`` on a hypothetical round: not when it is None
+    or needs context the adversary does not have (FLTrust's server ``reference``, flagged by the
+    rule's ``needs_reference``; a wrapper that binds the context is callable)."""
+    return aggregator is not None and not getattr(aggregator, "needs_reference", False)
+
+
 def call_rule(aggregator: Callable[[torch.Tensor], Any], updates: torch.Tensor) -> Any:
     """Evaluate the real aggregator inside a search without touching its state.
 

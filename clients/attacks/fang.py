@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import call_rule, mean, sq_dists, std
+from clients.attacks._linalg import call_rule, can_call, mean, sq_dists, std
 from clients.attacks.base import (
     AttackError,
     ModelAttack,
@@ -45,8 +45,9 @@ class FangKrum(ModelAttack):
     |B| − 1) and is halved until w'_1 is selected, stopping when λ < ``tol`` = 1e-5 — then the
     attack fails and, like the official code, the attackers send their honest deltas.
 
-    Selection is decided by the real aggregator when one is given and it reports ``accepted``
-    (a crafted row accepted); otherwise by a local Krum with f = c (the attack is tailored to Krum
+    Selection is decided by the real aggregator when one is given, can be evaluated (not a rule
+    needing FLTrust's server reference) and reports ``accepted`` (a crafted row accepted);
+    otherwise by a local Krum with f = c (the attack is tailored to Krum
     but applies to any rule, as in Fang's and FLTrust's tables). ``knowledge="omniscient"`` (full
     knowledge): s and B from the benign deltas of the round; ``"own"`` (partial knowledge): from the
     attackers' own honest deltas, which stand for the benign ones in the search.
@@ -98,7 +99,7 @@ class FangKrum(ModelAttack):
     @staticmethod
     def _selected(crafted: torch.Tensor, rest: torch.Tensor, aggregator: Any, f: int) -> bool:
         round_ = torch.cat([crafted, rest.to(crafted.dtype)], dim=0)
-        if aggregator is not None:
+        if can_call(aggregator):
             agg = call_rule(aggregator, round_)
             if agg.accepted is not None:
                 return bool(agg.accepted[: crafted.shape[0]].any())

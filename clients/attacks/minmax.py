@@ -18,7 +18,8 @@ one Gram matrix.
 on the round (m copies of ∇m + the reference rows standing for the benign ones): for a rule that
 reports ``accepted`` (Krum, Multi-Krum, Bulyan...) γ succeeds while a crafted row is accepted;
 otherwise γ succeeds while the deviation ‖f_agr(...) − ∇ᵇ‖ keeps growing (the official
-trimmed-mean/median search).
+trimmed-mean/median search). A rule the adversary cannot evaluate (FLTrust needs the server's
+reference update) falls back to the agnostic constraint (diagnostics ``fallback``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import call_rule, gamma_search, mean, offsets_from, sq_dists, std
+from clients.attacks._linalg import (
+    call_rule,
+    can_call,
+    gamma_search,
+    mean,
+    offsets_from,
+    sq_dists,
+    std,
+)
 from clients.attacks.base import (
     AttackError,
     ModelAttack,
@@ -79,7 +88,11 @@ class _Optimised(ModelAttack):
         ref = self.reference(malicious, benign)
         mu = mean(ref)
         p = perturbation(self.name, ref, self.perturbation)
-        if self.objective == "tailored":
+        if self.objective == "tailored" and aggregator is None:
+            raise AttackError(
+                f"attack {self.name!r}: objective='tailored' needs the aggregator under attack"
+            )
+        if self.objective == "tailored" and can_call(aggregator):
             gamma, extra = self._tailored(malicious.shape[0], ref, mu, p, aggregator)
         else:
             a, b = offsets_from(ref, mu, p)
@@ -87,15 +100,13 @@ class _Optimised(ModelAttack):
             ok, bound = self.constraint(a, b, c, sq_dists(ref))
             gamma = gamma_search(ok, init=self.gamma_init, tol=self.tol)
             extra = {"bound": bound}
+            if self.objective == "tailored":  # the rule needs context the adversary lacks
+                extra["fallback"] = "agnostic"
         self._last = {"gamma": gamma, **extra}
         crafted = (mu + gamma * p).to(malicious.dtype)
         return crafted.expand_as(malicious).clone()
 
     def _tailored(self, m, ref, mu, p, aggregator):
-        if aggregator is None:
-            raise AttackError(
-                f"attack {self.name!r}: objective='tailored' needs the aggregator under attack"
-            )
         state = {"prev": -1.0, "calls": 0}
 
         def ok(gamma: float) -> bool:
