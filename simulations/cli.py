@@ -180,10 +180,15 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
         table, _ = summary_table(records)
         console.print("Final clean accuracy (%), ranked by worst case over attacks:")
         console.print(table, markup=False, highlight=False)
-    if report:
+    if report and records:
         from simulations.report import write_report
 
         console.print(f"report: {write_report(out)}")
+    failed = [f for f in store.failures() if f["id"] in ids]
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed[/] (details in {out / 'failed'}); "
+                      "run the same command again to retry them")
+        return 1
     return 0
 
 
@@ -208,6 +213,11 @@ def _progress(console: Any, scenario: Any, workers: int | None) -> tuple[Any, di
         state["task"] = progress.add_task(f"{scenario.name} cells", total=todo)
 
     def on_cell(record: dict[str, Any]) -> None:
+        if record.get("failed"):
+            progress.console.print(f"  [red]FAILED[/] {record['rule']:<26} {record['attack']:<22}"
+                                   f" {record['error']}", highlight=False)
+            progress.advance(state["task"])
+            return
         s = record["summary"]
         acc = "—" if s["final_accuracy"] is None else f"{100 * s['final_accuracy']:.1f}%"
         asr = "" if s.get("final_asr") is None else f"  asr {100 * s['final_asr']:.1f}%"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
@@ -44,6 +45,19 @@ def clean_key(cfg: RunConfig, engine: str) -> str:
     twin = cfg.with_updates(attack="none", attack_params={}, malicious_fraction=0.0,
                             num_malicious=-1)
     return cell_id(twin, engine)
+
+
+def run_cell_safely(payload: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_cell`, or a failure record (error and traceback) if the cell raises: one bad
+    cell (a rule refusing the round's n, a diverging run, a bug) must not lose the sweep."""
+    try:
+        return run_cell(payload)
+    except Exception as exc:  # reported per cell; the sweep goes on
+        cfg = payload["config"]
+        return {**payload["meta"], "failed": True, "id": cell_id(RunConfig.from_dict(cfg),
+                                                                 payload["engine"]),
+                "engine": payload["engine"], "config": cfg,
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +113,9 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
               on_cell: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every cell not yet in ``store``; return the records of the cells run now.
 
-    ``on_start(todo, skipped)`` is called once, ``on_cell(record)`` after each saved cell.
+    ``on_start(todo, skipped)`` is called once, ``on_cell(record)`` after each saved cell
+    (also for failed cells: ``record["failed"]`` is then True, with ``error`` and
+    ``traceback``; they go to ``DIR/failed/`` and are retried by the next run).
     The Flower engine runs one cell at a time (each run already uses both cores).
     """
     done = store.finished()
@@ -113,14 +129,17 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
     records: list[dict[str, Any]] = []
 
     def finish(record: dict[str, Any]) -> None:
-        store.save_cell(record)
+        if record.get("failed"):
+            store.save_failure(record)
+        else:
+            store.save_cell(record)
         records.append(record)
         if on_cell is not None:
             on_cell(record)
 
     if workers == 1:
         for payload in todo:
-            finish(run_cell(payload))
+            finish(run_cell_safely(payload))
         return records
     for key, value in THREAD_ENV.items():  # inherited by the spawned workers
         os.environ.setdefault(key, value)
@@ -134,7 +153,7 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
         try:
             while queue or pending:
                 while queue and len(pending) < workers * 2:
-                    pending.add(pool.submit(run_cell, queue.pop(0)))
+                    pending.add(pool.submit(run_cell_safely, queue.pop(0)))
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     finish(future.result())

@@ -334,15 +334,21 @@ def validate_components(cells: list[Cell]) -> None:
     done: set[str] = set()
     for cell in cells:
         cfg = cell.config
-        key = json.dumps([cfg.aggregator, cfg.aggregator_params, cfg.attack, cfg.attack_params],
-                         sort_keys=True, default=str)
+        key = json.dumps([cfg.aggregator, cfg.aggregator_params, cfg.attack, cfg.attack_params,
+                          cfg.num_clients, cfg.clients_per_round], sort_keys=True, default=str)
         if key in done:
             continue
         done.add(key)
         try:
-            aggregators.create(cfg.aggregator, **cfg.aggregator_params)
+            rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
         except aggregators.AggregatorError as exc:
             raise ScenarioError(f"aggregator: {exc}") from None
+        per_round = cfg.clients_per_round or cfg.num_clients
+        if rule.min_clients() > per_round:
+            raise ScenarioError(
+                f"aggregator {cell.rule_label} needs at least {rule.min_clients()} clients per "
+                f"round; the scenario aggregates {per_round} (num_clients / clients_per_round)"
+            )
         if cfg.attack != "none":
             probe = cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1)
             try:

@@ -5,6 +5,7 @@ Layout::
     DIR/cells/<id>.json   one file per finished cell — the source of truth: resolved config,
                           engine, labels, summary, per-round rows, malicious ids, timings.
                           Written atomically (temp file, fsync, os.replace) when the cell ends.
+    DIR/failed/<id>.json  cells that raised (error, traceback); retried by the next run
     DIR/cells.jsonl       index: one summary row per cell (rebuilt atomically after each cell)
     DIR/rounds.jsonl      one row per (cell, round) (rebuilt atomically after each cell)
     DIR/cells.csv         the index as CSV, for spreadsheets
@@ -74,7 +75,18 @@ class ResultsStore:
     def save_cell(self, record: dict[str, Any]) -> None:
         """Persist one finished cell atomically, then refresh the indexes."""
         atomic_write(self.cells_dir / f"{record['id']}.json", json.dumps(record, default=_json))
+        (self.root / "failed" / f"{record['id']}.json").unlink(missing_ok=True)
         self.rebuild_indexes()
+
+    def save_failure(self, record: dict[str, Any]) -> None:
+        """Record a failed cell (error + traceback) in ``DIR/failed/``; it is not "finished"."""
+        atomic_write(self.root / "failed" / f"{record['id']}.json",
+                     json.dumps(record, default=_json, indent=1))
+
+    def failures(self) -> list[dict[str, Any]]:
+        folder = self.root / "failed"
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] \
+            if folder.is_dir() else []
 
     def rebuild_indexes(self) -> None:
         from simulations.metrics import accuracy_drops

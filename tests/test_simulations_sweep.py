@@ -75,3 +75,19 @@ def test_killed_sweep_resumes_without_recomputing_or_duplicating(tmp_path):
     index = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
     assert len(index) == 12 and len({r["id"] for r in index}) == 12
     assert len((out / "rounds.jsonl").read_text().splitlines()) == 12 * 3
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # krum with f=2 needs n >= 2f + 3 = 7 clients; 6 are aggregated: that cell fails
+    scen = sc.load("smoke", ["rounds=1", "num_clients=6",
+                             "aggregator=['fedavg', {name = 'krum', f = 2}]", "attack=none"])
+    cells = sc.expand(scen)
+    with pytest.raises(sc.ScenarioError, match=r"krum\(f=2\) needs at least 7 clients"):
+        sc.validate_components(cells)
+    store = ResultsStore(tmp_path)
+    store.prepare()
+    records = run_sweep(scen, cells, store, workers=1)
+    assert [r.get("failed", False) for r in records] == [False, True]
+    assert "needs at least 7" in records[1]["error"]
+    assert store.finished() == {cells[0].id}
+    assert [f["id"] for f in store.failures()] == [cells[1].id]
