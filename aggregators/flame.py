@@ -30,6 +30,10 @@ from aggregators.distances import pairwise_sq_distances
 from aggregators.kernels import weighted_sum
 from aggregators.validation import check_context, check_f, check_positive, check_updates
 
+# |cos| above 1 − PARALLEL_TOL is float32 rounding of parallel rows (unit rows in float32, GEMM in
+# float32: errors of a few 1e-7); FoolsGold's α / max α would otherwise blow that noise up.
+PARALLEL_TOL = 1e-6
+
 
 def row_norms(updates: torch.Tensor) -> torch.Tensor:
     """(n,) float64 Euclidean norms of the rows (accumulated in float64: no overflow)."""
@@ -40,12 +44,15 @@ def cosine_similarity(updates: torch.Tensor) -> torch.Tensor:
     """(n, n) float64 cos(Δ_i, Δ_j), through the shared kernel: cos = 1 − ‖u_i − u_j‖² / 2.
 
     u_i = Δ_i / ‖Δ_i‖ are unit rows. Any pair involving a zero row has cosine 0 (diagonal included,
-    as scikit-learn's ``cosine_similarity`` does); the result is clamped to [−1, 1].
+    as scikit-learn's ``cosine_similarity`` does); the result is clamped to [−1, 1], and values
+    within ``PARALLEL_TOL`` of ±1 are set to ±1: parallel rows are exactly parallel whatever the
+    float32 rounding of the kernel's GEMM (and whatever their scale).
     """
     norms = row_norms(updates)
     nonzero = norms > 0
     unit = updates * (1.0 / torch.where(nonzero, norms, 1.0)).to(updates.dtype)[:, None]
     cos = (1.0 - pairwise_sq_distances(unit).to(torch.float64) / 2.0).clamp(-1.0, 1.0)
+    cos = torch.where(cos.abs() > 1.0 - PARALLEL_TOL, cos.sign(), cos)
     both = nonzero[:, None] & nonzero[None, :]
     return torch.where(both, cos, torch.zeros_like(cos))
 

@@ -11,8 +11,8 @@ down-weights clients whose *histories* look alike. With H_i = Σ_t Δ_{i,t} (thi
     update = Σ_i α_i Δ_i / Σ_i α_i      (``normalize=True``; the reference code's Σ_i α_i Δ_i
                                           when ``normalize=False``)
 
-Identical (sybil) updates have cs = 1, hence α = 0: they get no weight (1 − cs < 10⁻⁶, the
-float32 rounding of a cosine, counts as identical). When every α is 0 (all
+Identical (sybil) updates have cs = 1, hence α = 0: they get no weight (cosines within 10⁻⁶ of 1,
+float32 rounding, count as 1: ``flame.cosine_similarity``). When every α is 0 (all
 clients alike), the update is zero: nothing is trusted.
 
 State: one history per client id (``client_ids`` in the call's context), kept across rounds for
@@ -34,10 +34,6 @@ from aggregators.flame import cosine_similarity
 from aggregators.kernels import weighted_sum
 from aggregators.validation import check_context, check_positive, check_updates
 
-# 1 − cos below this is float32 rounding of identical directions (the kernel's GEMM runs in the
-# updates' dtype); without it, α / max α would blow rounding noise up to a full weight.
-IDENTICAL_TOL = 1e-6
-
 
 def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:
     """(n,) float64 FoolsGold weights α of the rows of ``histories`` (formula in the module doc)."""
@@ -50,7 +46,6 @@ def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:
     pardon = v[:, None] < v[None, :]
     cs = torch.where(pardon, cs * v[:, None] / torch.where(pardon, v[None, :], 1.0), cs)
     alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)
-    alpha = torch.where(alpha < IDENTICAL_TOL, 0.0, alpha)  # rounding of cos = 1 is identical
     top = alpha.max()
     if top <= 0:
         return torch.zeros(n, dtype=torch.float64)

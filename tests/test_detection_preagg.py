@@ -96,8 +96,8 @@ def test_nnm_krum_weights_go_back_through_the_mixing_matrix():
     mixing = mixing_matrix(pairwise_sq_distances(x), 4)
     chosen = int(torch.nonzero(mixing.to(torch.float32) @ x == agg.update)[0, 0])
     torch.testing.assert_close(agg.update, (mixing[chosen].to(torch.float32) @ x))
-    if agg.weights is not None:
-        torch.testing.assert_close(agg.weights, mixing[chosen])
+    # krum's one-hot weight e_chosen maps to Aᵀ e_chosen: the chosen row of the mixing matrix
+    torch.testing.assert_close(agg.weights, mixing[chosen])
     assert agg.accepted.tolist() == (mixing[chosen] > 0).tolist()
 
 
