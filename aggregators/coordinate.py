@@ -57,9 +57,9 @@ class TrimmedMean(Rule):
     drops the f largest and the f smallest values of every coordinate; requires n > 2f.
     Give either ``f`` (an int, trimmed per side) or ``beta`` (a fraction per side in [0, 0.5),
     then f = ⌊β·n⌋ for the n of each call, as in Yin et al. and scipy's ``trim_mean``) — giving
-    both is an error, so there is never a doubt which one is applied. Note that with β the
-    trimming can be zero for small n (β = 0.2, n = 4 → f = 0: no protection at all; Flower's
-    ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md §2.3 item 3): prefer ``f``.
+    both is an error, so there is never a doubt which one is applied. With β > 0 and so few
+    clients that ⌊β·n⌋ = 0 the call raises instead of silently trimming nothing (β = 0.2, n = 4:
+    Flower's ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md §2.3 item 3).
     The mean of the kept values is accumulated in float64. Unweighted.
     """
 
@@ -97,6 +97,11 @@ class TrimmedMean(Rule):
         check_context(self, x, context)
         n = x.shape[0]
         f = self.trim_count(n)
+        if f == 0 and self.beta:
+            raise AggregatorError(
+                f"trimmedmean: beta = {self.beta} trims nothing at n = {n} (floor(beta * n) = 0), "
+                "which would average outliers in; give f, or a beta with beta * n >= 1"
+            )
         kept = n - 2 * f
 
         def middle_mean(block: np.ndarray) -> np.ndarray:

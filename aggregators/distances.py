@@ -8,10 +8,10 @@ when the rows share a large common component (Flower's built-in Krum on raw weig
 fast float32 GEMM but makes it safe:
 
 1. it works on a *centred* copy: every column block is translated by a reference row r (the row
-   whose norm over the first block is the median — an honest-looking row as long as fewer than
-   half are outliers), which leaves all distances unchanged but makes the operands of the Gram
-   product small, so the cancellation error scales with the spread of the clients instead of
-   their common offset;
+   whose norm over the first 4096 coordinates is the median — an honest-looking row as long as
+   fewer than half are outliers), which leaves all distances unchanged but makes the operands
+   of the Gram product small, so the cancellation error scales with the spread of the clients
+   instead of their common offset;
 2. the matrix is processed in column blocks that stay in cache (the subtraction is then nearly
    free); each block's Gram product runs in the input dtype and its distance contribution is
    accumulated in float64, so rounding does not grow with d;
@@ -49,7 +49,7 @@ def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
     if n == 0 or d == 0:
         raise AggregatorError(f"pairwise_sq_distances: empty updates of shape {(n, d)}")
     x = updates.detach().contiguous()
-    head = torch.linalg.vector_norm(x[:, : _block(n, d)].double(), dim=1).nan_to_num(0.0)
+    head = torch.linalg.vector_norm(x[:, : min(d, 4096)], dim=1).nan_to_num(0.0)
     ref = int(torch.argsort(head, stable=True)[(n - 1) // 2])
     dist = _centred_blocks(x, ref)
     if not bool(torch.isfinite(dist).all()):
@@ -66,13 +66,13 @@ def _centred_blocks(x: torch.Tensor, ref: int) -> torch.Tensor:
     n, d = x.shape
     c = _block(n, d)
     r = x[ref]
-    buf = torch.empty((n, c), dtype=x.dtype)
     dist = torch.zeros((n, n), dtype=torch.float64)
     for s in range(0, d, c):
         e = min(d, s + c)
-        block = buf[:, : e - s]
-        torch.sub(x[:, s:e], r[s:e], out=block)
-        gram = torch.mm(block, block.T).double()
+        # A fresh block (not a view of a reused buffer): torch's `A @ A.T` takes its symmetric
+        # fast path only for a tensor that is not a view; measured 2 ms vs 10 ms at 50 x 2e4.
+        block = torch.sub(x[:, s:e], r[s:e])
+        gram = (block @ block.T).double()
         sq = gram.diagonal()
         dist += sq[:, None] + sq[None, :] - 2.0 * gram
     return dist
