@@ -191,7 +191,7 @@ def test_minmax_tailored_calls_the_aggregator():
 
     attack = make("minmax", objective="tailored")
     run(attack, mal, benign, aggregator=mean_rule)
-    assert calls and all(s == (15, 10) for s in calls)  # 3 crafted + 12 reference rows
+    assert calls and all(s == (12, 10) for s in calls)  # the round: 3 crafted + 9 benign rows
     assert attack.last_diagnostics["aggregator_calls"] == len(calls)
     with pytest.raises(AttackError, match="needs the aggregator"):
         run(make("minmax", objective="tailored"), mal, benign)
@@ -345,3 +345,25 @@ def test_rules_needing_a_reference_fall_back_to_the_local_surrogate():
     run(agnostic, mal, benign)
     assert tailored.last_diagnostics["fallback"] == "agnostic"
     assert tailored.last_diagnostics["gamma"] == agnostic.last_diagnostics["gamma"]
+
+
+def test_minmax_tailored_against_krum_keeps_the_crafted_update_selected():
+    import aggregators
+
+    if "krum" not in aggregators.available():
+        pytest.skip("aggregators.create('krum') is not registered yet (aggregators/krum.py)")
+    benign, mal = cloud(9, 20, 18), cloud(3, 20, 19)
+    rule = aggregators.create("krum", f=3)
+    attack = make("minmax", objective="tailored")
+    out = run(attack, mal, benign, aggregator=rule)
+    gamma = attack.last_diagnostics["gamma"]
+    assert gamma > 0
+    assert bool(rule(torch.cat([out, benign])).accepted[:3].any())
+    mu, p = attack_parts(benign, mal)
+    beyond = (mu + (gamma + 3e-5) * p).float().expand(3, -1)
+    assert not bool(rule(torch.cat([beyond, benign])).accepted[:3].any())
+
+
+def attack_parts(benign, mal):
+    ref = torch.cat([benign, mal]).double()
+    return ref.mean(0), -ref.std(0)

@@ -15,7 +15,8 @@ so each step of the search is O(n) after one O(nd) pass; the benign pairwise dis
 one Gram matrix.
 
 ``objective="tailored"`` is the paper's AGR-tailored attack: the search calls the real aggregator
-on the round (m copies of ∇m + the reference rows standing for the benign ones): for a rule that
+on the round (m copies of ∇m + the benign rows; with knowledge "own" the attackers' honest rows
+stand for them): for a rule that
 reports ``accepted`` (Krum, Multi-Krum, Bulyan...) γ succeeds while a crafted row is accepted;
 otherwise γ succeeds while the deviation ‖f_agr(...) − ∇ᵇ‖ keeps growing (the official
 trimmed-mean/median search). A rule the adversary cannot evaluate (FLTrust needs the server's
@@ -93,7 +94,8 @@ class _Optimised(ModelAttack):
                 f"attack {self.name!r}: objective='tailored' needs the aggregator under attack"
             )
         if self.objective == "tailored" and can_call(aggregator):
-            gamma, extra = self._tailored(malicious.shape[0], ref, mu, p, aggregator)
+            rest = malicious if self.knowledge == "own" else benign
+            gamma, extra = self._tailored(malicious.shape[0], rest, mu, p, aggregator)
         else:
             a, b = offsets_from(ref, mu, p)
             c = float(p @ p)
@@ -106,12 +108,14 @@ class _Optimised(ModelAttack):
         crafted = (mu + gamma * p).to(malicious.dtype)
         return crafted.expand_as(malicious).clone()
 
-    def _tailored(self, m, ref, mu, p, aggregator):
+    def _tailored(self, m, rest, mu, p, aggregator):
+        """γ search on the hypothetical round: m copies of ∇m + ``rest`` (the benign rows, or the
+        attackers' own honest rows standing for them with knowledge='own')."""
         state = {"prev": -1.0, "calls": 0}
 
         def ok(gamma: float) -> bool:
-            crafted = (mu + gamma * p).to(ref.dtype)
-            agg = call_rule(aggregator, torch.cat([crafted.expand(m, -1), ref], dim=0))
+            crafted = (mu + gamma * p).to(rest.dtype)
+            agg = call_rule(aggregator, torch.cat([crafted.expand(m, -1), rest], dim=0))
             state["calls"] += 1
             if agg.accepted is not None:
                 return bool(agg.accepted[:m].any())
