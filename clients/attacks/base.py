@@ -126,12 +126,15 @@ class ModelAttack(Attack):
         """The honest deltas this attack may estimate benign statistics from (see module doc)."""
         if self.knowledge == "own":
             return malicious
+        self._require_benign(benign)
+        return torch.cat([benign, malicious], dim=0)
+
+    def _require_benign(self, benign: torch.Tensor | None) -> None:
         if benign is None or benign.shape[0] == 0:
             raise AttackError(
                 f"attack {self.name!r} with knowledge='omniscient' needs the benign updates of the "
                 "round, but none were given (no benign client in the round?)"
             )
-        return torch.cat([benign, malicious], dim=0)
 
     def __call__(
         self,
@@ -153,7 +156,7 @@ class ModelAttack(Attack):
                     f"benign updates have d={benign.shape[1]}, malicious d={malicious.shape[1]}"
                 )
         if self.knowledge == "omniscient":
-            self.reference(malicious, benign)  # raises the clear error when benign is missing
+            self._require_benign(benign)
         crafted = self.craft(
             malicious, benign, aggregator=aggregator, num_clients=num_clients, f=f,
             generator=generator,
