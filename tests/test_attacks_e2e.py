@@ -1,10 +1,10 @@
 """End to end on digits: the attacks hurt (a plain loop of tasks + client_update + aggregators).
 
 10 clients (IID), an MLP, 5 rounds of one local epoch: sign flipping by 3 of 10 clients collapses
-FedAvg to chance while the coordinate median holds, and a BadNets patch backdoor from 3 clients
-reaches a high attack success rate against FedAvg. Sign flipping uses factor 4 (−4·x, the
-strength of Li et al.'s RSA sign-flipping attack, AAAI 2019): plain −x at 30 % only slows FedAvg
-down (the mean keeps 0.4 of the honest direction), as expected.
+FedAvg to chance while the coordinate median holds, and a BadNets patch backdoor (and the lighting
+trigger) from 3 clients reaches a high attack success rate against FedAvg. Sign flipping uses
+factor 4 (−4·x, the strength of Li et al.'s RSA sign-flipping attack, AAAI 2019): plain −x at 30 %
+only slows FedAvg down (the mean keeps 0.4 of the honest direction), as expected.
 """
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ def test_sign_flipping_collapses_fedavg_but_not_median():
     assert median >= 0.6
 
 
-def test_patch_backdoor_succeeds_against_fedavg():
-    acc, asr = run("fedavg", "backdoor-patch", target=0, size=3, poison_fraction=0.5)
+@pytest.mark.parametrize(
+    ("attack", "params"),
+    [("backdoor-patch", {"size": 3}), ("backdoor-lighting", {})],
+)
+def test_backdoor_succeeds_against_fedavg(attack, params):
+    acc, asr = run("fedavg", attack, target=0, poison_fraction=0.5, **params)
     assert asr >= 0.9
     assert acc >= 0.6  # the main task still learns: the backdoor is stealthy
