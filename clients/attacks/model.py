@@ -23,8 +23,11 @@ from clients.attacks.base import (
 
 @register
 class SignFlip(ModelAttack):
-    """Sign flipping: each malicious client sends −λ·x_i, its own honest delta reversed (λ = 1:
-    the classic sign-flip / "reverse gradient" attack, e.g. Damaskinos et al. 2018, ByzFL)."""
+    """Sign flipping: each malicious client sends −λ·x_i, its own honest delta reversed (λ =
+    ``factor`` = 1: the classic sign-flip / "reverse gradient" attack of ByzFL, Blades and
+    Karimireddy et al.; λ = 4 is the sign-flipping attack of Li et al.'s RSA, AAAI 2019). With f of
+    n attackers the mean keeps (n − f − λf)/n of the honest direction: plain −x only slows FedAvg
+    down below f = n/2, while λ = 4 reverses it from f > n/5."""
 
     name: ClassVar[str] = "signflip"
 
