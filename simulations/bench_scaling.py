@@ -373,10 +373,11 @@ def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
         cfg = engine_config(base, num_clients=point.n, model=point.model, aggregator=point.rule,
                             rounds=2, eval_every=2)
         probe = MemoryProbe()
-        targets = {"train": (("clients.client", "client_update"),
+        targets = {"train": (("simulations.engine_inline", "train_round"),
+                             ("clients.client", "client_update"),
                              ("tasks.training", "train_many")),
                    "aggregate": (("server.aggregation", "robust_step"),)}
-        with instrument(probe, targets):
+        with instrument(probe, targets, sub_phases={}):
             run_inline(cfg)
         if len(probe.records) < 2:
             continue
@@ -454,7 +455,8 @@ def plot(agg: Sequence[AggPoint], eng: Sequence[EnginePoint], path: Path) -> Non
     ax.set_xlabel("d (server step, fixed n) or n·d (engine)")
     ax.set_ylabel("multiples of the (n, d) float32 matrix")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -48,6 +48,7 @@ from typing import Any
 # phase -> (module, attribute) of the functions whose outermost calls are timed as that phase
 PHASE_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "train": (
+        ("simulations.engine_inline", "train_round"),
         ("clients.client", "client_update"),
         ("tasks.training", "train_many"),
         ("tasks.training", "train"),
@@ -56,7 +57,12 @@ PHASE_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "attack": (("clients.attacks.adversary", "apply_model_attack"),),
     "eval": (("tasks.training", "evaluate"), ("tasks.training", "accuracy_on")),
 }
-PHASES = tuple(PHASE_TARGETS)
+# sub-phase: the SGD itself, also recorded when nested in a "train" call (so "train" − "sgd" is
+# the clients' set-up: data gathering, generators, template model, deltas)
+SUB_PHASES: dict[str, tuple[tuple[str, str], ...]] = {
+    "sgd": (("tasks.training", "train_many"), ("tasks.training", "train")),
+}
+PHASES = (*PHASE_TARGETS, *SUB_PHASES)
 PROJECT_PACKAGES = ("simulations", "server", "clients", "tasks", "aggregators")
 
 DEFAULT_SCENARIO: dict[str, Any] = {
@@ -81,29 +87,43 @@ class Event:
     phase: str
     start: float
     end: float
+    cpu_start: float = 0.0  # process CPU time (all threads of this process)
+    cpu_end: float = 0.0
 
 
 @dataclass
 class PhaseProbe:
     """Records (phase, start, end) of the outermost instrumented call; nested calls (``train``
-    inside ``client_update``) are not counted twice."""
+    inside ``client_update``) are not counted twice. A function that also belongs to a sub-phase
+    (``sgd``) records a sub-phase event when no call of that sub-phase encloses it."""
 
     events: list[Event] = field(default_factory=list)
     _depth: int = 0
+    _sub_depth: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = time.perf_counter
+    cpu_clock: Callable[[], float] = time.process_time
 
-    def wrap(self, phase: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, phase: str, func: Callable[..., Any], sub: str | None = None
+             ) -> Callable[..., Any]:
         @functools.wraps(func)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self._depth:
-                return func(*args, **kwargs)
+            record = self._depth == 0
+            record_sub = sub is not None and self._sub_depth.get(sub, 0) == 0
             self._depth += 1
-            start = self.clock()
+            if sub is not None:
+                self._sub_depth[sub] = self._sub_depth.get(sub, 0) + 1
+            start, cpu_start = self.clock(), self.cpu_clock()
             try:
                 return func(*args, **kwargs)
             finally:
-                self.events.append(Event(phase, start, self.clock()))
+                end, cpu_end = self.clock(), self.cpu_clock()
+                if record:
+                    self.events.append(Event(phase, start, end, cpu_start, cpu_end))
+                if record_sub and sub is not None:
+                    self.events.append(Event(sub, start, end, cpu_start, cpu_end))
                 self._depth -= 1
+                if sub is not None:
+                    self._sub_depth[sub] -= 1
 
         timed.__wrapped_by_probe__ = func  # type: ignore[attr-defined]
         return timed
@@ -130,13 +150,16 @@ def _swap(old: Any, new: Any) -> int:
 
 @contextmanager
 def instrument(
-    probe: PhaseProbe, targets: dict[str, tuple[tuple[str, str], ...]] = PHASE_TARGETS
+    probe: Any,
+    targets: dict[str, tuple[tuple[str, str], ...]] = PHASE_TARGETS,
+    sub_phases: dict[str, tuple[tuple[str, str], ...]] = SUB_PHASES,
 ) -> Iterator[list[str]]:
     """Within the block, the target functions are wrapped by ``probe`` in their defining module
     and wherever a project module imported them by name. Yields the targets found (a missing
     module or attribute is skipped: not every engine uses every function)."""
     swapped: list[tuple[Any, Any]] = []
     found: list[str] = []
+    sub_of = {entry: sub for sub, entries in sub_phases.items() for entry in entries}
     try:
         for phase, entries in targets.items():
             for module_name, attr in entries:
@@ -147,7 +170,8 @@ def instrument(
                 original = getattr(module, attr, None)
                 if original is None or hasattr(original, "__wrapped_by_probe__"):
                     continue
-                wrapper = probe.wrap(phase, original)
+                sub = sub_of.get((module_name, attr))
+                wrapper = probe.wrap(phase, original, sub) if sub else probe.wrap(phase, original)
                 _swap(original, wrapper)
                 swapped.append((original, wrapper))
                 found.append(f"{module_name}.{attr}")
@@ -161,6 +185,13 @@ def instrument(
 class RoundTiming:
     wall: float
     phases: dict[str, float]
+    cpu: float = 0.0
+    cpu_phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cpu_other(self) -> float:
+        busy = self.cpu_phases.get("train", 0.0) + self.cpu_phases.get("aggregate", 0.0)
+        return max(0.0, self.cpu - busy)
 
     @property
     def other(self) -> float:
@@ -168,27 +199,31 @@ class RoundTiming:
         return max(0.0, self.wall - busy)
 
 
-def split_rounds(events: Sequence[Event], end: float) -> list[RoundTiming]:
+def split_rounds(events: Sequence[Event], end: float, cpu_end: float = 0.0
+                 ) -> list[RoundTiming]:
     """Cut the event timeline into rounds: a round starts at the first ``train`` event after an
     ``aggregate`` event (or the first ``train`` event at all) and lasts until the next round's
-    start, the last one until ``end``. Phase time inside each round is summed per phase."""
+    start, the last one until ``end``. Phase time inside each round is summed per phase, for
+    the wall clock and for the process CPU clock (``cpu_end`` closes the last round)."""
     events = sorted(events, key=lambda e: e.start)
-    starts: list[float] = []
+    starts: list[Event] = []
     after_aggregate = True
     for event in events:
         if event.phase == "train" and after_aggregate:
-            starts.append(event.start)
+            starts.append(event)
             after_aggregate = False
         elif event.phase == "aggregate":
             after_aggregate = True
-    bounds = [*starts, end]
+    bounds = [(e.start, e.cpu_start) for e in starts] + [(end, cpu_end)]
     rounds = []
-    for lo, hi in itertools.pairwise(bounds):
+    for (lo, cpu_lo), (hi, cpu_hi) in itertools.pairwise(bounds):
         phases = dict.fromkeys(PHASES, 0.0)
+        cpu_phases = dict.fromkeys(PHASES, 0.0)
         for event in events:
             if lo <= event.start < hi:
                 phases[event.phase] += event.end - event.start
-        rounds.append(RoundTiming(hi - lo, phases))
+                cpu_phases[event.phase] += event.cpu_end - event.cpu_start
+        rounds.append(RoundTiming(hi - lo, phases, cpu_hi - cpu_lo, cpu_phases))
     return rounds
 
 
@@ -206,6 +241,8 @@ class EngineMeasurement:
     round_walls: list[float]
     phase_shares: dict[str, float] = field(default_factory=dict)  # of the steady-state rounds
     phase_median: dict[str, float] = field(default_factory=dict)  # seconds per round
+    cpu_shares: dict[str, float] = field(default_factory=dict)  # same, on process CPU time
+    round_cpu_median: float = math.nan
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -248,8 +285,8 @@ def measure_inline(cfg: Any) -> EngineMeasurement:
     with instrument(probe) as found:
         t0 = time.perf_counter()
         run_inline(cfg)
-        t1 = time.perf_counter()
-    rounds = split_rounds(probe.events, t1)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+    rounds = split_rounds(probe.events, t1, cpu1)
     notes = [f"instrumented: {', '.join(found)}"]
     if len(rounds) != cfg.rounds:
         notes.append(f"probe saw {len(rounds)} rounds for rounds={cfg.rounds}")
@@ -260,6 +297,9 @@ def measure_inline(cfg: Any) -> EngineMeasurement:
     total = sum(r.wall for r in steady) or math.nan
     shares = {p: sum(r.phases[p] for r in steady) / total for p in PHASES}
     shares["other"] = sum(r.other for r in steady) / total
+    cpu_total = sum(r.cpu for r in steady) or math.nan
+    cpu_shares = {p: sum(r.cpu_phases[p] for r in steady) / cpu_total for p in PHASES}
+    cpu_shares["other"] = sum(r.cpu_other for r in steady) / cpu_total
     return EngineMeasurement(
         engine="inline",
         rule=cfg.aggregator,
@@ -270,6 +310,8 @@ def measure_inline(cfg: Any) -> EngineMeasurement:
         round_walls=[r.wall for r in rounds],
         phase_shares=shares,
         phase_median=phase_median,
+        cpu_shares=cpu_shares,
+        round_cpu_median=_median([r.cpu for r in steady]),
         notes=notes,
     )
 
@@ -310,23 +352,12 @@ class RowWatcher(threading.Thread):
         self.join(timeout=5)
 
 
-def _flower_env(home: Path) -> None:
-    os.environ.setdefault("FLWR_HOME", str(home))
-    for var in (
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
-        "FLWR_DISABLE_UPDATE_CHECK",
-    ):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-
-
 def measure_flower(cfg: Any) -> EngineMeasurement:
     """Run ``cfg`` under the Flower Simulation Engine; per-round walls from the times at which
     the ServerApp's ``rounds.jsonl`` rows appear (polled every 20 ms)."""
     from simulations.engine_flower import run_flower
 
     work = Path(tempfile.mkdtemp(prefix="fedshield-bench-flower-"))
-    _flower_env(work / "flwr_home")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else work / "out"
     cfg = cfg.with_updates(output_dir=str(out_dir))
     watcher = RowWatcher(out_dir / "rounds.jsonl")
@@ -340,21 +371,36 @@ def measure_flower(cfg: Any) -> EngineMeasurement:
     times, notes = watcher.times, [f"output_dir={out_dir}"]
     if len(times) != cfg.rounds:
         notes.append(f"saw {len(times)} rows appear for rounds={cfg.rounds}")
-    walls = [b - a for a, b in itertools.pairwise(times)]
-    steady = statistics.median(walls) if walls else math.nan
+    rows = read_rows(out_dir / "rounds.jsonl")
+    if rows and all(isinstance(r.get("round_seconds"), int | float) for r in rows):
+        # the ServerApp's own clock: round 1 starts after its set-up (Flower's round-0 call)
+        round_walls = [float(r["round_seconds"]) for r in rows]
+        notes.append("round walls: rounds.jsonl round_seconds (ServerApp clock)")
+    else:
+        walls = [b - a for a, b in itertools.pairwise(times)]
+        # round 1 cannot be told apart from start-up: charge it one steady round
+        round_walls = [statistics.median(walls), *walls] if walls else []
+        notes.append("round walls: arrival times of rounds.jsonl rows")
     first = (times[0] - t0) if times else math.nan
-    # round 1 cannot be told apart from start-up: charge it one steady round
-    round_walls = [steady, *walls] if walls else []
+    if times:
+        notes.append(f"teardown after the last row: {t1 - times[-1]:.2f} s")
     return EngineMeasurement(
         engine="flower",
         rule=cfg.aggregator,
         clients_per_round=clients_per_round(cfg),
         rounds=cfg.rounds,
         total_wall=t1 - t0,
-        startup=first - steady if walls else first,
+        startup=first - round_walls[0] if round_walls else first,
         round_walls=round_walls,
-        notes=[*notes, f"teardown after last row: {t1 - times[-1]:.2f} s" if times else ""],
+        notes=notes,
     )
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of a JSONL file ([] when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -385,8 +431,11 @@ def rule_params_for(rule: str, num_clients: int, given: dict[str, Any] | None = 
 
     if given:
         return dict(given)
-    rule_obj = aggregators.create(rule)
-    if "f" not in rule_obj.params():
+    try:
+        takes_f = "f" in aggregators.create(rule).params()
+    except aggregators.AggregatorError:
+        takes_f = True  # f is a required parameter
+    if not takes_f:
         return {}
     f = max(1, num_clients // 10)
     while f > 0:
@@ -464,17 +513,21 @@ def phase_table(results: Sequence[EngineMeasurement]) -> str:
         rows.append(
             (
                 m.rule, m.round_median * 1e3,
-                *(m.phase_median.get(p, math.nan) * 1e3 for p in ("train", "aggregate", "eval",
-                                                                 "other")),
+                *(m.phase_median.get(p, math.nan) * 1e3
+                  for p in ("train", "sgd", "aggregate", "eval", "other")),
                 100 * share.get("train", math.nan), 100 * share.get("aggregate", math.nan),
                 100 * share.get("other", math.nan),
+                100 * m.cpu_shares.get("aggregate", math.nan),
+                100 * m.cpu_shares.get("other", math.nan),
                 _verdict(share.get("aggregate", math.nan) <= 0.10),
                 _verdict(share.get("other", math.nan) <= 0.10),
             )
         )
     return table(
-        ["rule", "round ms", "train ms", "aggregate ms", "eval ms", "other ms", "train %",
-         "aggregate %", "other %", "aggregate ≤ 10 %", "other ≤ 10 %"],
+        ["rule", "round ms", "train ms", "of which SGD ms", "aggregate ms", "eval ms",
+         "other ms", "train %",
+         "aggregate %", "other %", "aggregate % (CPU)", "other % (CPU)", "aggregate ≤ 10 %",
+         "other ≤ 10 %"],
         rows,
     )
 
@@ -588,9 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     if share_results:
         print("\n## Inline round split (medians of rounds 2..R)\n")
         print(phase_table(share_results))
+    printed: set[str] = set()
     for m in results + share_results[len(inline_results):]:
         for note in m.notes:
-            if note:
+            if note and (note not in printed or not note.startswith("instrumented")):
+                printed.add(note)
                 print(f"note [{m.engine}/{m.rule}]: {note}")
     if args.json:
         payload = {

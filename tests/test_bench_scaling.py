@@ -55,7 +55,7 @@ def test_memory_probe_detects_a_list_kept_beside_the_stack():
         targets = {"train": (("simulations._fake_mem", "client_update"),),
                    "aggregate": (("simulations._fake_mem", "robust_step"),)}
         n, d = 8, 500_000
-        with instrument(probe, targets):
+        with instrument(probe, targets, sub_phases={}):
             for _ in range(2):
                 deltas = [lib.client_update(d) for _ in range(n)]
                 stacked = torch.stack(deltas)
@@ -81,6 +81,7 @@ def test_bad_sizes_are_rejected():
     assert sc.main(["--rounds", "1", "--part", "engine"]) == 2
 
 
+@pytest.mark.slow
 def test_tiny_aggregation_scaling_run_writes_plot_and_json(tmp_path, capsys):
     import aggregators
 

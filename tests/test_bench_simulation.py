@@ -46,14 +46,15 @@ def fake_modules():
 def test_instrument_times_outermost_calls_and_restores(fake_modules):
     lib, engine, calls = fake_modules
     ticks = count()
-    probe = bs.PhaseProbe(clock=lambda: float(next(ticks)))
+    probe = bs.PhaseProbe(clock=lambda: float(next(ticks)), cpu_clock=lambda: 0.0)
     targets = {
         "train": (("simulations._fake_lib", "client_update"), ("simulations._fake_lib", "train")),
         "aggregate": (("simulations._fake_lib", "robust_step"),),
         "eval": (("simulations._no_such_module", "evaluate"),),
     }
     original = engine.client_update
-    with bs.instrument(probe, targets) as found:
+    subs = {"sgd": (("simulations._fake_lib", "train"),)}
+    with bs.instrument(probe, targets, subs) as found:
         assert found == ["simulations._fake_lib.client_update", "simulations._fake_lib.train",
                          "simulations._fake_lib.robust_step"]
         assert engine.client_update is not original  # the by-name import is patched too
@@ -62,8 +63,10 @@ def test_instrument_times_outermost_calls_and_restores(fake_modules):
     assert engine.client_update is original and lib.train.__name__ == "train"
     assert not hasattr(lib.train, "__wrapped_by_probe__")
     assert calls == ["client_update", "train", "robust_step"]
-    # nested train is not an event; fake clock: 0,1 for client_update, 2,3 for robust_step
-    assert probe.events == [bs.Event("train", 0.0, 1.0), bs.Event("aggregate", 2.0, 3.0)]
+    # fake clock: client_update 0..3 encloses train 1..2, which is not a second "train" event
+    # but is the "sgd" sub-phase event; robust_step 4..5
+    assert probe.events == [bs.Event("sgd", 1.0, 2.0), bs.Event("train", 0.0, 3.0),
+                            bs.Event("aggregate", 4.0, 5.0)]
 
 
 def test_split_rounds_hand_computed():
@@ -75,7 +78,8 @@ def test_split_rounds_hand_computed():
     ]
     rounds = bs.split_rounds(events, end=8.0)
     assert [r.wall for r in rounds] == [4.0, 4.0]
-    assert rounds[0].phases == {"train": 2.0, "aggregate": 0.5, "attack": 0.0, "eval": 0.5}
+    assert rounds[0].phases == {"train": 2.0, "aggregate": 0.5, "attack": 0.0, "eval": 0.5,
+                                "sgd": 0.0}
     assert rounds[0].other == pytest.approx(1.5)
     assert rounds[1].phases["train"] == 2.0 and rounds[1].other == pytest.approx(1.0)
 
@@ -140,6 +144,7 @@ def test_rule_params_for_lowers_f_until_the_rule_accepts_n():
     assert bs.rule_params_for("fedavg", 10) == {}
 
 
+@pytest.mark.slow
 def test_quick_inline_bench_end_to_end(tmp_path, capsys):
     pytest.importorskip("simulations.engine_inline")
     pytest.importorskip("clients.client")
