@@ -14,12 +14,14 @@ What :class:`LocalFederation` does (and ``deploy/start.sh`` / ``deploy/stop.sh``
    --node-config "partition-id=<i-1> num-partitions=N [malicious=true]"``;
 6. ``flwr run <app> fedshield-tls --stream --run-config "..."``.
 
-Every process runs under ``timeout -k 5 <seconds>`` in its own process group (``start_new_session``),
-listens on 127.0.0.1, logs to ``<workdir>/logs/``, and :meth:`LocalFederation.stop` kills the groups
-(SIGTERM, then SIGKILL). Its pids are also written to ``<workdir>/pids`` for ``deploy/stop.sh``.
+Every process runs under ``timeout -k 5 <seconds>`` in its own process group
+(``start_new_session``), listens on 127.0.0.1, logs to ``<workdir>/logs/``; and
+:meth:`LocalFederation.stop` kills the groups (SIGTERM, then SIGKILL). The pids are also written
+to ``<workdir>/pids`` for ``deploy/stop.sh``.
 
-Environment given to every process: ``FLWR_HOME``, ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``,
-``FLWR_DISABLE_UPDATE_CHECK=1``, ``FLWR_TELEMETRY_ENABLED=0``, one thread per BLAS/OpenMP pool, and
+Environment given to every process: ``FLWR_HOME``,
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``, ``FLWR_DISABLE_UPDATE_CHECK=1``,
+``FLWR_TELEMETRY_ENABLED=0``, one thread per BLAS/OpenMP pool, and
 ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (default 0.2 s instead of 1 s: shorter rounds).
 
 CLI::
@@ -32,6 +34,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -106,6 +109,8 @@ class LocalFederation:
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.poll_interval),
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            # Flower spawns flower-superexec / flwr-serverapp / flwr-clientapp by name
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         })
         return env
 
@@ -210,21 +215,12 @@ class LocalFederation:
         return result
 
     def stop(self) -> None:
-        """Kill every process group this federation started (SIGTERM, 5 s grace, SIGKILL)."""
+        """Kill every process this federation started, with their descendants (Flower detaches
+        its SuperExec/app processes into new sessions): SIGTERM, 5 s grace, then SIGKILL."""
+        kill_trees([p.popen.pid for p in self.procs])
         for proc in self.procs:
-            _signal_group(proc.popen, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self.procs:
-            _signal_group(proc.popen, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         self.procs.clear()
         (self.workdir / "pids").unlink(missing_ok=True)
 
@@ -248,32 +244,77 @@ class LocalFederation:
                               f"{proc.tail()}")
 
 
-def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+def _children() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every process, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants (a snapshot)."""
+    tree, out, todo = _children(), [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.append(pid)
+            todo.extend(tree.get(pid, []))
+    return out
+
+
+def kill_trees(pids: list[int], grace: float = 5.0) -> None:
+    """SIGTERM ``pids``, their process groups and descendants; SIGKILL what is left after
+    ``grace`` seconds. Only processes descending from ``pids`` are touched."""
+    victims = descendants(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        victims = sorted(set(victims) | set(descendants(victims)))
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        for pid in pids:  # each started process leads its own group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 0)
+        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(popen.pid, sig)  # the child leads its own session/group
-    except (ProcessLookupError, PermissionError):
-        pass
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def pids_with_arg(marker: str) -> list[int]:
+    """Pids whose command line contains ``marker`` (e.g. a private FLWR_HOME path, to find the
+    detached local SuperLink ``flwr run`` spawns for a simulation)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+    return [pid for pid in found if pid != os.getpid()]
 
 
 def stop_from_pids(workdir: Path) -> int:
-    """Kill the process groups listed in ``workdir/pids`` (for ``deploy/stop.sh``)."""
+    """Kill the process trees listed in ``workdir/pids`` (for ``deploy/stop.sh``)."""
     path = Path(workdir) / "pids"
     if not path.exists():
         return 0
     pids = [int(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(2 if sig == signal.SIGTERM else 0)
+    kill_trees(pids)
     path.unlink()
     return len(pids)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.local",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start")
     start.add_argument("workdir")

@@ -104,6 +104,13 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
     """Run ``cfg`` on ``grid``; returns the final global vector (also written to final.pt)."""
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
+    per_round = cfg.clients_per_round or cfg.num_clients
+    if per_round < rule.min_clients():
+        raise ServerAppError(
+            f"aggregator {cfg.aggregator!r} with {rule.params()} needs at least "
+            f"{rule.min_clients()} clients per round, the run has {per_round} "
+            "(num-clients / clients-per-round): every round would keep the initial model"
+        )
     attack = build_attack(cfg, task.dataset)
     out = Path(cfg.output_dir) if cfg.output_dir else None
     start_vec, done = task.initial_vector().clone(), 0
@@ -125,8 +132,7 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
         if rule.needs_reference else None,
         adversary=_adversary(cfg, attack, rule), ledger=ledger, checkpoints=store,
         sample_seed=cfg.seed,
-        fraction_train=(cfg.clients_per_round or cfg.num_clients) / cfg.num_clients,
-        min_train_nodes=cfg.clients_per_round or cfg.num_clients,
+        fraction_train=per_round / cfg.num_clients, min_train_nodes=per_round,
         min_available_nodes=cfg.num_clients, fraction_evaluate=0.0,
         node_wait_timeout=NODE_WAIT_SECONDS,
     )

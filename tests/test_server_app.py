@@ -68,16 +68,18 @@ def test_fltrust_gets_the_server_reference_update(tmp_path):
     serve(cfg)
     out = rows(tmp_path / "rounds.jsonl")
     assert not out[0]["skipped"] and out[0]["weights"] is not None
+    assert out[0]["decisions"][0]["status"] in ("accepted", "excluded")
     assert sum(out[0]["weights"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_model_attack_applied_by_adversary_stage_on_reported_malicious(tmp_path):
-    cfg = RunConfig(**BASE, aggregator="krum", aggregator_params={"f": 1},
+    cfg = RunConfig(**{**BASE, "num_clients": 5}, aggregator="krum", aggregator_params={"f": 1},
                     attack="signflip", num_malicious=1, output_dir=str(tmp_path))
     serve(cfg)
     bad = cfg.malicious_ids()
     out = rows(tmp_path / "rounds.jsonl")
     for row in out:
+        assert not row["skipped"] and sum(row["accepted"]) == 1
         assert row["malicious_in_round"] == bad
         decisions = {d["partition_id"]: d for d in row["decisions"]}
         assert decisions[bad[0]]["malicious"] is True
@@ -91,7 +93,13 @@ def test_node_config_decides_malicious_in_a_deployment(tmp_path):
                     output_dir=str(tmp_path))
     serve(cfg, node_config={2: {"malicious": True}})
     row = rows(tmp_path / "rounds.jsonl")[0]
-    assert row["malicious_in_round"] == [2]
+    assert row["malicious_in_round"] == [2] and not row["skipped"]
+
+
+def test_too_few_clients_for_the_rule_is_refused_up_front(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="krum", aggregator_params={"f": 1})
+    with pytest.raises(ServerAppError, match="needs at least 5 clients per round"):
+        serve(cfg)
 
 
 def ctx(node_config, cfg):
