@@ -286,8 +286,7 @@ def _many_inputs(
         d = ParamLayout.of(models).numel
         if start.shape not in ((d,), (k, d)):
             raise TrainingError(f"start must have shape ({d},) or ({k}, {d}), got {start.shape}")
-        initial = start.detach().to(torch.float32).expand(k, d).contiguous()
-        return models, initial, []
+        return models, start.detach().to(torch.float32).expand(k, d), []
     modules = list(models)
     if start is not None:
         raise TrainingError("pass start= only with a single template module")
@@ -317,20 +316,21 @@ def _train_loop(
 
 
 def _padded_schedule(
-    n: int, offset: int, cfg: TrainConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, B) global row indices and (S, B) float mask of one client's batches (as in
-    :func:`batch_schedule`, the short last batch of each epoch padded with masked rows)."""
+    n: int, max_steps: int, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(max_steps, B) row indices of one client's batches (as in :func:`batch_schedule`), −1
+    where the short last batch of an epoch is padded or the client has no more steps."""
     per_epoch = math.ceil(n / cfg.batch_size)
-    width = per_epoch * cfg.batch_size
-    rows = []
+    padded = torch.full((max_steps * cfg.batch_size,), -1, dtype=torch.int64)
+    start = 0
     for perm in _epoch_perms(n, cfg, generator):
-        padded = torch.full((width,), -1, dtype=torch.int64)
-        padded[:n] = perm
-        rows.append(padded.view(per_epoch, cfg.batch_size))
-    idx = torch.cat(rows)[: cfg.num_steps(n)]
-    mask = idx >= 0
-    return idx.clamp(min=0) + offset, mask.to(torch.float32)
+        stop = min(start + per_epoch * cfg.batch_size, len(padded))
+        take = min(n, stop - start)
+        padded[start : start + take] = perm[:take]
+        start = stop
+    idx = padded.view(max_steps, cfg.batch_size)
+    idx[cfg.num_steps(n) :] = -1
+    return idx
 
 
 def _train_vmap(
@@ -341,24 +341,18 @@ def _train_vmap(
     generators: Sequence[torch.Generator],
 ) -> BatchedTrainResult:
     sizes = [len(x) for x, _ in datasets]
-    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()[:-1]]
-    schedules = [
-        _padded_schedule(n, off, cfg, g)
-        for n, off, g in zip(sizes, offsets, generators, strict=True)
-    ]
-    steps = torch.tensor([len(idx) for idx, _ in schedules])
+    steps = torch.tensor([cfg.num_steps(n) for n in sizes])
+    max_steps, k, width = int(steps.max()), len(datasets), cfg.batch_size
     order = torch.argsort(steps, descending=True, stable=True)  # active clients form a prefix
-    all_x = torch.cat([x for x, _ in datasets])
-    all_y = torch.cat([y for _, y in datasets])
-    k, width = len(datasets), cfg.batch_size
-    max_steps = int(steps.max())
-    idx = torch.zeros(k, max_steps, width, dtype=torch.int64)
-    mask = torch.zeros(k, max_steps, width)
-    for row, client in enumerate(order.tolist()):
-        s = int(steps[client])
-        idx[row, :s], mask[row, :s] = schedules[client]
+    clients = order.tolist()
+    schedules = [
+        _padded_schedule(n, max_steps, cfg, g) for n, g in zip(sizes, generators, strict=True)
+    ]
+    idx = torch.stack(schedules)[order]  # (K, S, B), rows sorted like `clients`
+    mask = (idx >= 0).to(torch.float32)
+    idx.clamp_(min=0)  # padded slots read row 0 of their own client, with weight 0
 
-    flat = initial[order].clone()  # (K, d), sorted by step count
+    flat = initial[order]  # (K, d) new tensor, sorted by step count
     layout = ParamLayout.of(template)
     params = {
         key: flat[:, a:b].view(k, *shape)
@@ -371,15 +365,21 @@ def _train_vmap(
         return (ce * mb).sum() / mb.sum()
 
     step_fn = vmap(grad_and_value(loss_fn))
+    # One (K, B, ...) batch buffer, filled by index_select per client: no copy of the datasets.
+    xb = torch.empty(k, width, *datasets[0][0].shape[1:], dtype=datasets[0][0].dtype)
+    yb = torch.empty(k, width, dtype=torch.int64)
     sorted_steps = steps[order]
     loss_sum = torch.zeros(k, dtype=torch.float64)
     template.train()
     for s in range(max_steps):
         active = int((sorted_steps > s).sum())
-        rows = idx[:active, s]
+        for row, client in enumerate(clients[:active]):
+            x, y = datasets[client]
+            torch.index_select(x, 0, idx[row, s], out=xb[row])
+            torch.index_select(y, 0, idx[row, s], out=yb[row])
         mb = mask[:active, s]
         sub = {key: p[:active] for key, p in params.items()}
-        grads, losses = step_fn(sub, all_x[rows], all_y[rows], mb)
+        grads, losses = step_fn(sub, xb[:active], yb[:active], mb)
         loss_sum[:active] += losses.detach().double() * mb.sum(1).double()
         _sgd_update(sub, grads, buffers, active, cfg)
 
@@ -387,7 +387,7 @@ def _train_vmap(
     out[order] = flat
     seen = mask.sum((1, 2)).double()
     stats = [TrainStats(loss=0.0, num_examples=0, steps=0)] * k
-    for row, client in enumerate(order.tolist()):
+    for row, client in enumerate(clients):
         loss = float(loss_sum[row] / seen[row])
         stats[client] = TrainStats(loss=loss, num_examples=sizes[client], steps=int(steps[client]))
     return BatchedTrainResult(params=out, stats=stats)
