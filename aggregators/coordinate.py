@@ -58,13 +58,13 @@ class TrimmedMean(Rule):
     Give either ``f`` (an int, trimmed per side) or ``beta`` (a fraction per side in [0, 0.5),
     then f = ⌊β·n⌋ for the n of each call, as in Yin et al. and scipy's ``trim_mean``) — giving
     both is an error, so there is never a doubt which one is applied. With β > 0 and so few
-    clients that ⌊β·n⌋ = 0 the call raises instead of silently trimming nothing (β = 0.2, n = 4:
-    Flower's ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md §2.3 item 3).
+    clients that ⌊β·n⌋ = 0 (n < 1/β) the call raises instead of silently trimming nothing
+    (β = 0.2, n = 4: Flower's ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md
+    §2.3 item 3); ``min_clients()`` reports that bound.
     The mean of the kept values is accumulated in float64. Unweighted.
     """
 
     name: ClassVar[str] = "trimmedmean"
-    requirement: ClassVar[str] = "n > 2f"
 
     def __init__(self, *, f: int | None = None, beta: float | None = None) -> None:
         if (f is None) == (beta is None):
@@ -82,8 +82,14 @@ class TrimmedMean(Rule):
         self.f = f
         self.beta = beta
 
+    @property
+    def requirement(self) -> str:
+        return "n > 2f" if self.f is not None else "floor(beta * n) >= 1, so that beta trims"
+
     def min_clients(self) -> int:
-        return 2 * self.f + 1 if self.f is not None else 1
+        if self.f is not None:
+            return 2 * self.f + 1
+        return math.ceil(1.0 / self.beta - 1e-9) if self.beta else 1
 
     def trim_count(self, n: int) -> int:
         """f for n clients: ``f`` itself, or ⌊β·n⌋ (with a 1e-9 guard against 0.29·100 = 28.99…)."""
@@ -97,11 +103,6 @@ class TrimmedMean(Rule):
         check_context(self, x, context)
         n = x.shape[0]
         f = self.trim_count(n)
-        if f == 0 and self.beta:
-            raise AggregatorError(
-                f"trimmedmean: beta = {self.beta} trims nothing at n = {n} (floor(beta * n) = 0), "
-                "which would average outliers in; give f, or a beta with beta * n >= 1"
-            )
         kept = n - 2 * f
 
         def middle_mean(block: np.ndarray) -> np.ndarray:
