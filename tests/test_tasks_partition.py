@@ -3,6 +3,8 @@ the root set, and clear errors."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.partition import PartitionError, available_partitions, federated_split
 
@@ -107,3 +109,27 @@ def test_errors_are_clear():
         federated_split(LABELS[:10], 2, "iid", seed=0, root_size=11)
     with pytest.raises(PartitionError, match="labels"):
         federated_split(np.array([0.5, 1.0]), 2, "iid", seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(5, 300),
+    classes=st.integers(2, 12),
+    clients=st.integers(1, 40),
+    scheme=st.sampled_from(SCHEMES),
+    root=st.integers(0, 20),
+    seed=st.integers(0, 2**31),
+)
+def test_property_any_split_is_a_partition_or_a_clear_error(
+    n, classes, clients, scheme, root, seed
+):
+    labels = np.random.default_rng(seed).integers(0, classes, n)
+    try:
+        split = federated_split(labels, clients, scheme, seed=seed, root_size=root, min_size=1)
+    except PartitionError as err:
+        assert any(word in str(err) for word in ("min_size", "too many clients", "shards", "root"))
+        return
+    assert split.num_clients == clients and split.sizes().min() >= 1 and len(split.root) == root
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([*split.clients, split.root])), np.arange(n)
+    )
