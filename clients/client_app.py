@@ -22,10 +22,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from tasks.task import get_task
 
 from tasks.config import ConfigError, RunConfig
 from tasks.params import arrayrecord_to_vector, load_vector, to_arrayrecord
+from tasks.task import get_task
 
 app = ClientApp()
 
@@ -55,12 +55,15 @@ def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
 
 
 def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
+    """The run's data attack for a malicious node (None for a model attack or attack='none');
+    built like the inline engine's (``attack_from_config``), with one malicious client assumed
+    when only a node-config flag made this node malicious."""
     if cfg.attack == "none":
         return None
-    from clients.attacks import create_attack
+    from clients.attacks import attack_from_config
 
-    attack = create_attack(cfg.attack, num_classes=dataset.num_classes, low=dataset.low,
-                           high=dataset.high, **cfg.attack_params)
+    attack = attack_from_config(cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1),
+                                dataset)
     return attack if attack.kind == "data" else None
 
 

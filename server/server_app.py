@@ -91,13 +91,15 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
-    """The run's attack object (None for attack='none' or no malicious client)."""
-    if cfg.attack == "none" or cfg.malicious_count == 0:
+    """The run's attack object (``clients.attacks.attack_from_config``, as the inline engine),
+    None for attack='none'. With no malicious client in the run config (malicious nodes chosen by
+    node-config in a deployment) it is built for one malicious client: ASR inputs, adversary."""
+    if cfg.attack == "none":
         return None
-    from clients.attacks import create_attack  # simulation-only dependency, deliberately lazy
+    from clients.attacks import attack_from_config  # simulation-only dependency, lazily
 
-    return create_attack(cfg.attack, num_classes=dataset.num_classes, low=dataset.low,
-                         high=dataset.high, **cfg.attack_params)
+    return attack_from_config(cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1),
+                              dataset)
 
 
 def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Tensor:
