@@ -143,7 +143,8 @@ def load_dataset(
         if key not in _DESCRIPTIONS:
             raise DatasetError(f"unknown dataset {name!r}; {_choices()}")
     root_key = str(Path(root).expanduser().resolve()) if root not in (None, "") else None
-    network = allow_network or os.environ.get(NETWORK_ENV, "") == "1"
+    # Only hf: depends on the network flag; keep one cache entry per local dataset.
+    network = key.startswith("hf:") and (allow_network or os.environ.get(NETWORK_ENV, "") == "1")
     return _load_cached(key, root_key, network)
 
 

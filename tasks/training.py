@@ -306,7 +306,7 @@ def _train_loop(
     generators: Sequence[torch.Generator],
 ) -> BatchedTrainResult:
     model = copy.deepcopy(template)
-    params = torch.empty_like(initial)
+    params = torch.empty(initial.shape, dtype=torch.float32)  # initial may be an expand() view
     stats = []
     for k, ((x, y), generator) in enumerate(zip(datasets, generators, strict=True)):
         load_vector(model, initial[k])
