@@ -290,17 +290,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def pids_with_arg(marker: str) -> list[int]:
-    """Pids whose command line contains ``marker`` (e.g. a private FLWR_HOME path, to find the
-    detached local SuperLink ``flwr run`` spawns for a simulation)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-    return [pid for pid in found if pid != os.getpid()]
-
-
 def stop_from_pids(workdir: Path) -> int:
     """Kill the process trees listed in ``workdir/pids`` (for ``deploy/stop.sh``)."""
     path = Path(workdir) / "pids"

@@ -7,9 +7,9 @@ Given the round's global vector θ_t (d,), the (n, d) float32 matrix of client d
 
 with η the server learning rate (η = 1 is plain FedAvg-style replacement by the aggregate; η ≠ 1 is
 the "server learning rate" of Reddi et al., *Adaptive Federated Optimization*, ICLR 2021).
-Rules whose class sets ``needs_gram = True`` get the pairwise squared distances of the deltas,
-computed once per round (``aggregators.distances.pairwise_sq_distances``), in the ``gram`` context
-key; rules with ``needs_reference`` must be given the server's reference delta (FLTrust).
+Distance-based rules compute the round's pairwise squared distances once themselves
+(``aggregators.distances``); a caller that already has them passes ``gram`` (context key
+``gram``). Rules with ``needs_reference`` must be given the server's reference delta (FLTrust).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aggregators import Aggregation, AggregatorError, Rule
 class StepResult:
     new_vec: torch.Tensor
     aggregation: Aggregation
-    seconds: float  # wall time of the rule call (including the shared Gram matrix)
+    seconds: float  # wall time of the rule call
 
 
 def robust_step(
@@ -39,6 +39,7 @@ def robust_step(
     reference: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     client_ids: list[Any] | None = None,
+    gram: torch.Tensor | None = None,
 ) -> StepResult:
     """θ_{t+1} = θ_t + server_lr · rule(updates, context); raises AggregatorError on bad input
     (shape mismatch, too few clients for the rule, a non-finite aggregate)."""
@@ -59,15 +60,13 @@ def robust_step(
         context["weights"] = weights
     if client_ids is not None:
         context["client_ids"] = client_ids
+    if gram is not None:
+        context["gram"] = gram
     if reference is not None:
         context["reference"] = reference
     elif rule.needs_reference:
         raise AggregatorError(f"rule {rule.name!r} needs a server reference update")
     start = time.perf_counter()
-    if getattr(rule, "needs_gram", False):
-        from aggregators.distances import pairwise_sq_distances
-
-        context["gram"] = pairwise_sq_distances(updates)
     agg = rule(updates, **context)
     seconds = time.perf_counter() - start
     update = agg.update.to(torch.float32).reshape(-1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import free_port, kill_trees, pids_with_arg
+from deploy.local import free_port
 from server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,9 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
         result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
                                 check=False)
     finally:
-        kill_trees(pids_with_arg(str(home)))  # the detached local SuperLink and its children
+        from simulations.engine_flower import stop_processes
+
+        stop_processes(home)  # the detached local SuperLink, its ServerApp/simulation and Ray
     log = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 0, log
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
@@ -71,4 +73,6 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
     check = verify_ledger(out / "ledger.jsonl")
     assert check.ok and check.rows == 3
     assert (out / "final.pt").exists() and (out / "checkpoints" / "round-000002.pt").exists()
-    assert not pids_with_arg(str(home))
+    from simulations.engine_flower import processes_of
+
+    assert not processes_of(home)
