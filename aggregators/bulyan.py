@@ -38,19 +38,19 @@ def beta_closest_mean(block: np.ndarray, beta: int) -> np.ndarray:
 
     In sorted order the β nearest values to the median form a window [s, s + β) with
     0 <= s <= θ − β; the window of least radius max(m − v_s, v_{s+β−1} − m) is taken (ties: the
-    lowest s), and its sum read off float64 prefix sums.
+    lowest s), and its values are gathered and averaged.
     """
-    c, theta = block.shape
-    med = median_of_sorted(block).astype(np.float64)
+    theta = block.shape[1]
+    med = median_of_sorted(block)
     starts = theta - beta + 1
-    lo = block[:, :starts].astype(np.float64)
-    hi = block[:, beta - 1 :].astype(np.float64)
-    radius = np.maximum(med[:, None] - lo, hi - med[:, None])
+    with np.errstate(over="ignore"):  # ±Inf radii of near-float32-max values still order right
+        radius = np.maximum(med[:, None] - block[:, :starts], block[:, beta - 1 :] - med[:, None])
     s = np.argmin(radius, axis=1)
-    prefix = np.zeros((c, theta + 1), dtype=np.float64)
-    np.cumsum(block, axis=1, dtype=np.float64, out=prefix[:, 1:])
-    rows = np.arange(c)
-    return (prefix[rows, s + beta] - prefix[rows, s]) / beta
+    window = np.take_along_axis(block, s[:, None] + np.arange(beta)[None, :], axis=1)
+    total = window.sum(axis=1)
+    if not np.isfinite(total).all():  # finite values whose float32 sum overflowed
+        total = window.sum(axis=1, dtype=np.float64)
+    return total / beta
 
 
 @register
@@ -95,6 +95,7 @@ class Bulyan(Rule):
             chosen = lowest(krum_scores(dist, self.f), theta).tolist()
         accepted = torch.zeros(n, dtype=torch.bool)
         accepted[chosen] = True
-        update = coordinatewise(x, lambda block: beta_closest_mean(block, beta), rows=chosen)
+        update = coordinatewise(x, lambda block: beta_closest_mean(block, beta),
+                                rule=self.name, rows=chosen)
         return Aggregation(update=update, accepted=accepted,
                            diagnostics={"selected": chosen, "theta": theta, "beta": beta})

@@ -8,7 +8,12 @@ import torch
 
 from aggregators.base import Aggregation, AggregatorError, Rule, register
 from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_positive, check_updates
+from aggregators.validation import (
+    check_context,
+    check_positive,
+    check_updates,
+    require_finite,
+)
 
 # Column block for the exact residual norms ‖x_i − v‖ (n·c float32 ≈ 4 MiB, stays in cache).
 _BLOCK_VALUES = 1 << 20
@@ -62,7 +67,7 @@ class CenteredClip(Rule):
         self._previous = None
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
         check_context(self, x, context)
         n, d = x.shape
         if self._previous is not None and self._previous.shape[0] != d:
@@ -74,9 +79,13 @@ class CenteredClip(Rule):
              else self._previous.to(x.dtype))
         factors = torch.ones(n, dtype=torch.float64)
         for _ in range(self.iterations):
-            factors = clip_factors(residual_norms(x, v), self.tau)
+            norms = residual_norms(x, v)
+            if not bool(torch.isfinite(norms).all()):
+                require_finite(self.name, "updates", x)
+                norms = residual_norms(x.double(), v.double())  # float32 overflow
+            factors = clip_factors(norms, self.tau)
             # v + (1/n) Σ s_i (x_i − v) = (1 − mean s) · v + Σ (s_i / n) x_i
-            v = (1.0 - float(factors.mean())) * v + weighted_sum(factors / n, x)
+            v = (1.0 - float(factors.mean())) * v + weighted_sum(factors / n, x, rule=self.name)
         self._previous = v.clone()
         return Aggregation(update=v, diagnostics={
             "clip_factors": factors.tolist(), "clipped": int((factors < 1).sum())})
@@ -108,15 +117,16 @@ class NormClip(Rule):
             self.bound = float(check_positive(self.name, "bound", bound))
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
         check_context(self, x, context)
         n = x.shape[0]
         norms = torch.linalg.vector_norm(x, dim=1).double()
-        if not bool(torch.isfinite(norms).all()):  # float32 overflow of finite rows
+        if not bool(torch.isfinite(norms).all()):
+            require_finite(self.name, "updates", x)  # else: float32 overflow of finite rows
             norms = torch.linalg.vector_norm(x.double(), dim=1)
         # quantile(0.5) is the mean of the two middle norms for even n
         bound = (float(torch.quantile(norms, 0.5)) if self.bound == "median"
                  else float(self.bound))
         factors = torch.where(norms > bound, bound / norms.clamp(min=1e-300), 1.0)
-        return Aggregation(update=weighted_sum(factors / n, x), diagnostics={
+        return Aggregation(update=weighted_sum(factors / n, x, rule=self.name), diagnostics={
             "bound": bound, "clip_factors": factors.tolist(), "clipped": int((factors < 1).sum())})

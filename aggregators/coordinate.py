@@ -23,9 +23,9 @@ def median_of_sorted(block: np.ndarray) -> np.ndarray:
     return 0.5 * block[:, n // 2 - 1] + 0.5 * block[:, n // 2]
 
 
-def coordinate_median(updates: torch.Tensor) -> torch.Tensor:
+def coordinate_median(updates: torch.Tensor, rule: str = "median") -> torch.Tensor:
     """(d,) coordinate-wise median of a validated (n, d) matrix."""
-    return coordinatewise(updates, median_of_sorted)
+    return coordinatewise(updates, median_of_sorted, rule=rule)
 
 
 @register
@@ -43,7 +43,7 @@ class Median(Rule):
     name: ClassVar[str] = "median"
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # checked while sorting
         check_context(self, x, context)
         return Aggregation(update=coordinate_median(x))
 
@@ -61,7 +61,7 @@ class TrimmedMean(Rule):
     clients that ⌊β·n⌋ = 0 (n < 1/β) the call raises instead of silently trimming nothing
     (β = 0.2, n = 4: Flower's ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md
     §2.3 item 3); ``min_clients()`` reports that bound.
-    The mean of the kept values is accumulated in float64. Unweighted.
+    The kept values are summed in the input dtype (redone in float64 on overflow). Unweighted.
     """
 
     name: ClassVar[str] = "trimmedmean"
@@ -99,14 +99,18 @@ class TrimmedMean(Rule):
         return math.floor(self.beta * n + 1e-9)
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # checked while sorting
         check_context(self, x, context)
         n = x.shape[0]
         f = self.trim_count(n)
         kept = n - 2 * f
 
         def middle_mean(block: np.ndarray) -> np.ndarray:
-            return block[:, f : n - f].sum(axis=1, dtype=np.float64) / kept
+            middle = block[:, f : n - f]
+            total = middle.sum(axis=1)
+            if not np.isfinite(total).all():  # finite values whose float32 sum overflowed
+                total = middle.sum(axis=1, dtype=np.float64)
+            return total / kept
 
-        return Aggregation(update=coordinatewise(x, middle_mean),
+        return Aggregation(update=coordinatewise(x, middle_mean, rule=self.name),
                            diagnostics={"trimmed_per_side": f})

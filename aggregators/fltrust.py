@@ -9,7 +9,7 @@ import torch
 
 from aggregators.base import Aggregation, AggregatorError, Rule, register
 from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_updates
+from aggregators.validation import check_context, check_updates, require_finite
 
 
 @register
@@ -33,7 +33,7 @@ class FLTrust(Rule):
     needs_reference: ClassVar[bool] = True
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
         ctx = check_context(self, x, context)
         if ctx.reference is None:
             raise AggregatorError(
@@ -44,7 +44,8 @@ class FLTrust(Rule):
         g0 = ctx.reference
         ref_norm = float(torch.linalg.vector_norm(g0.double()))
         norms = torch.linalg.vector_norm(x, dim=1).double()
-        if not bool(torch.isfinite(norms).all()):  # float32 overflow of finite rows
+        if not bool(torch.isfinite(norms).all()):
+            require_finite(self.name, "updates", x)  # else: float32 overflow of finite rows
             norms = torch.linalg.vector_norm(x.double(), dim=1)
         zero = torch.zeros(n, dtype=torch.float64)
         if ref_norm == 0.0:
@@ -61,7 +62,7 @@ class FLTrust(Rule):
                                   ref_norm, cos)
         coeff = trust * (ref_norm / safe) / total
         return Aggregation(
-            update=weighted_sum(coeff, x), accepted=trust > 0,
+            update=weighted_sum(coeff, x, rule=self.name), accepted=trust > 0,
             weights=(trust / total).to(x.dtype),
             diagnostics={"trust": trust.tolist(), "cosine": cos.tolist(),
                          "reference_norm": ref_norm},

@@ -89,5 +89,5 @@ class GeoMed(Rule):
         alpha, iterations, objective = weiszfeld_on_distances(
             dist, shares, nu=self.nu, max_iter=self.max_iter, tol=self.tol)
         diag.update(iterations=iterations, objective=objective)
-        return Aggregation(update=weighted_sum(alpha, x), weights=alpha.to(x.dtype),
+        return Aggregation(update=weighted_sum(alpha, x, rule=self.name), weights=alpha.to(x.dtype),
                            diagnostics=diag)

@@ -12,31 +12,39 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from aggregators.validation import require_finite
+
 # Column block for the coordinate-wise kernels: c·n values ≈ 1 MiB of float32, so the block being
 # sorted stays in L2 cache (measured fastest on the 2 MiB-L2 benchmark machine; ANCHORS §4.4).
 _SORT_BLOCK_VALUES = 1 << 18
 
 
-def weighted_sum(weights: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+def weighted_sum(weights: torch.Tensor, updates: torch.Tensor, *,
+                 rule: str = "aggregation") -> torch.Tensor:
     """Σ_i w_i x_i as a (d,) tensor in the dtype of ``updates`` (one GEMV, one pass).
 
-    ``weights`` (n,) may be float64; the product runs in the updates' dtype and is redone in
-    float64 if it overflowed.
+    ``weights`` (n,) may be float64; the product runs in the updates' dtype. NaN/Inf in the input
+    always reach the output (0·Inf is NaN too), so a finite result proves a finite input and the
+    caller need not scan the input first: a non-finite result raises AggregatorError if the input
+    is bad, and is redone in float64 if finite values merely overflowed float32.
     """
     w = weights.to(updates.dtype)
     out = w @ updates
     if not bool(torch.isfinite(out).all()):
+        require_finite(rule, "updates", updates)
         out = (weights.double() @ updates.double()).to(updates.dtype)
         if not bool(torch.isfinite(out).all()):  # a true weighted *sum* beyond float32 range
             out = torch.nan_to_num(out)
     return out
 
 
-def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndarray],
-                   rows: Sequence[int] | None = None) -> torch.Tensor:
+def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndarray], *,
+                   rule: str = "aggregation", rows: Sequence[int] | None = None) -> torch.Tensor:
     """Apply ``reduce`` to every coordinate's n values, sorted ascending; return (d,).
 
-    ``rows`` restricts the computation to those rows (no copy of the matrix is made).
+    ``rows`` restricts the computation to those rows (no copy of the matrix is made). Non-finite
+    input raises AggregatorError: numpy sorts NaN last and ±Inf to the ends, so checking the
+    first and last column of each sorted block finds every one of them without a separate pass.
 
     The matrix is processed in column blocks: each block (n, c) is transposed into a contiguous
     (c, n) buffer, sorted in place along its rows with numpy's SIMD sort, and ``reduce`` maps the
@@ -55,5 +63,7 @@ def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndar
         block = buf[: e - s]
         block[...] = (x[:, s:e] if index is None else x[index, s:e]).T
         block.sort(axis=1)
+        if not (np.isfinite(block[:, 0]).all() and np.isfinite(block[:, -1]).all()):
+            require_finite(rule, "updates", updates)
         out[s:e] = reduce(block)
     return torch.from_numpy(out)

@@ -114,7 +114,7 @@ class MultiKrum(Rule):
         accepted = torch.zeros(n, dtype=torch.bool)
         accepted[chosen] = True
         shares = accepted.double() / m
-        return Aggregation(update=weighted_sum(shares, x), accepted=accepted,
+        return Aggregation(update=weighted_sum(shares, x, rule=self.name), accepted=accepted,
                            weights=shares.to(x.dtype),
                            diagnostics={"selected": sorted(chosen.tolist()), "m": m,
                                         "scores": scores.tolist()})

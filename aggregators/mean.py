@@ -40,9 +40,9 @@ class FedAvg(Rule):
         self.max_weight_ratio = check_ratio(self.name, "max_weight_ratio", max_weight_ratio)
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
+        x = check_updates(self, updates, check_finite=False)  # the sum itself detects NaN/Inf
         ctx = check_context(self, x, context)
         shares, diag = client_shares(self.name, x.shape[0], ctx.weights, weighted=self.weighted,
                                      max_weight_ratio=self.max_weight_ratio)
-        return Aggregation(update=weighted_sum(shares, x), weights=shares.to(x.dtype),
-                           diagnostics=diag)
+        return Aggregation(update=weighted_sum(shares, x, rule=self.name),
+                           weights=shares.to(x.dtype), diagnostics=diag)
