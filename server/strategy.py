@@ -248,7 +248,7 @@ class RobustStrategy(FedAvg):
     ) -> dict[str, Any]:
         clients: list[dict[str, Any]] = []
         accepted = 0
-        norms = torch.linalg.vector_norm(updates.double(), dim=1).tolist() if len(kept) else []
+        norms = torch.linalg.vector_norm(updates, dim=1).tolist() if len(kept) else []
         for row, info in enumerate(kept):
             status, weight = _decision(agg, row)
             if skip:

@@ -205,7 +205,9 @@ def stack_updates(
                                       Reason.UNDECODABLE, f"cannot decode arrays: {exc}"))
             continue
         target.sub_(global_vec)
-        if not bool(torch.isfinite(target).all()):
+        # one pass, no temporary: a float64 sum of float32 values cannot overflow, so it is
+        # finite iff every value is
+        if not math.isfinite(float(target.sum(dtype=torch.float64))):
             bad = int((~torch.isfinite(target)).sum())
             rejected.append(Rejection(info.index, info.node_id, info.partition_id,
                                       Reason.NON_FINITE, f"{bad} non-finite value(s)"))

@@ -6,6 +6,8 @@ by the test."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ def test_tls_authenticated_deployment_two_rounds_of_median(tmp_path):
     started: list[int] = []
     try:
         fed.start(malicious=(1,))
+        tls_version, plain_reply = _probe_tls(fed)
         intruder = fed.start_supernode(0, _intruder_key(fed), name="intruder")
         started = [p.popen.pid for p in fed.procs]
         run = fed.run(REPO, f"num-clients=3 rounds=2 local-steps=3 aggregator='median' "
@@ -49,9 +52,25 @@ def test_tls_authenticated_deployment_two_rounds_of_median(tmp_path):
     assert "Exit Code: 305" in intruder.tail(80)
     superlink_log = (fed.logs / "superlink.log").read_text(errors="replace")
     assert "No SuperNode found with the given public key" in superlink_log
-    # TLS + auth really on: the SuperLink ran with both flags
-    assert "--enable-supernode-auth" not in log  # (flags are in the process, not the run log)
+    # the SuperLink speaks TLS with our CA's certificate, and refuses plaintext HTTP
+    assert tls_version.startswith("TLS")
+    assert not plain_reply.startswith(b"HTTP/1.1 200")
     assert not [p for p in descendants(started) if _alive(p)]
+
+
+def _probe_tls(fed: LocalFederation) -> tuple[str, bytes]:
+    """(negotiated TLS version verifying against our CA, what a plaintext HTTP request gets)."""
+    ctx = ssl.create_default_context(cafile=str(fed.creds.ca_cert))
+    with socket.create_connection(("127.0.0.1", fed.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        version = tls.version() or ""
+    with socket.create_connection(("127.0.0.1", fed.port), timeout=10) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            reply = raw.recv(64)
+        except (ConnectionResetError, TimeoutError):
+            reply = b""
+    return version, reply
 
 
 def _intruder_key(fed: LocalFederation) -> Path:
