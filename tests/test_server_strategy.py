@@ -274,3 +274,33 @@ def test_ledger_and_checkpoints_each_round(tmp_path):
     reasons = {c["node_id"]: (c["status"], c["reason"]) for c in rows[0]["clients"]}
     assert reasons == {1: ("accepted", ""), 2: ("accepted", ""), 3: ("rejected", "error-reply")}
     assert rows[0]["rule"] == "test-mean" and rows[0]["rule_params"] == {"min_n": 1}
+
+
+class TwoNodeGrid:
+    def get_node_ids(self):
+        return [7, 8]
+
+
+def test_too_small_federation_fails_with_the_fix_in_the_message():
+    strategy = RobustStrategy(Mean(), min_available_nodes=20, node_wait_timeout=0.0)
+    with pytest.raises(StrategyError, match="only 2 nodes connected.*num-supernodes=20"):
+        strategy.configure_train(1, global_record(), ConfigRecord(), TwoNodeGrid())
+
+
+def test_seeded_sampling_is_reproducible_and_sorted():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+
+    class Grid:
+        def get_node_ids(self):
+            return [5, 3, 9, 1, 7, 2]
+
+    picks = []
+    for _ in range(2):
+        s = RobustStrategy(Mean(), fraction_train=0.5, min_train_nodes=3, min_available_nodes=6,
+                           sample_seed=11)
+        msgs = list(s.configure_train(2, global_record(), ConfigRecord(), Grid()))
+        picks.append([m.metadata.dst_node_id for m in msgs])
+        assert msgs[0].content["config"]["server-round"] == 2
+    assert picks[0] == picks[1] == sorted(picks[0]) and len(picks[0]) == 3
