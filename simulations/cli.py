@@ -177,9 +177,16 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
     else:
         from simulations.report import summary_table
 
-        table, _ = summary_table(records)
+        table, order = summary_table(records)
         console.print("Final clean accuracy (%), ranked by worst case over attacks:")
-        console.print(table, markup=False, highlight=False)
+        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        from simulations.report import Grid, _summary
+
+        asr = Grid(records, _summary("final_asr"))
+        if asr.stats:
+            console.print("Attack success rate at the last round (%), targeted attacks:")
+            console.print(asr.markdown(pct=True, rules=order), markup=False, highlight=False,
+                          soft_wrap=True)
     if report and records:
         from simulations.report import write_report
 

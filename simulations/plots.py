@@ -55,16 +55,24 @@ def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
         ax.set_xlabel("round")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    for ax in list(axes.flat)[len(attacks):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles, strict=True))
+    seen: dict[str, Any] = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
-    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(6, len(seen)),
-               fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(seen) > 6), 1, 1))
+    spare = list(axes.flat)[len(attacks):]
+    for ax in spare:
+        ax.set_visible(False)
+    if spare:
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(seen.values(), seen.keys(), loc="center", fontsize=9, frameon=False,
+                        title="rule")
+        fig.tight_layout()
+    else:
+        fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(5, len(seen)),
+                   fontsize=9, frameon=False)
+        rows_needed = math.ceil(len(seen) / 5)
+        fig.tight_layout(rect=(0, min(0.3, 0.035 * rows_needed / rows + 0.03), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -93,28 +101,29 @@ def heatmap(cells: list[dict[str, Any]], path: Path) -> Path:
 
 
 def asr_bars(cells: list[dict[str, Any]], path: Path) -> Path | None:
+    """One panel per targeted attack: horizontal bars of the final ASR of each rule."""
     asr = Grid(cells, _summary("final_asr"))
     attacks = [a for a in asr.attacks if any(asr.mean(r, a) is not None for r in asr.rules)]
     if not attacks:
         return None
     _, order = summary_table(cells)
     colors = _colors(order)
-    width = 0.8 / len(order)
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 + 0.4 * len(order) * len(attacks)), 4.0))
-    for i, rule in enumerate(order):
-        ys = [asr.mean(rule, a) or 0.0 for a in attacks]
-        xs = [j + (i - (len(order) - 1) / 2) * width for j in range(len(attacks))]
-        bars = ax.bar(xs, [100 * y for y in ys], width=width, label=rule, color=colors[rule])
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(attacks)), attacks)
-    ax.set_ylabel("attack success rate (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("backdoor / targeted attack success rate, last round (lower is better)",
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.8 * len(attacks) + 1.8,
+                                                       0.38 * len(order) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        values = [100 * (asr.mean(rule, attack) or 0.0) for rule in order]
+        bars = ax.barh(range(len(order)), values, color=[colors[r] for r in order])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+        ax.set_yticks(range(len(order)), order)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 110)
+        ax.set_xlabel("attack success rate (%)")
+        ax.set_title(f"attack: {attack}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("targeted / backdoor attack success rate at the last round (lower is better)",
                  fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(6, len(order)),
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(order) > 6), 1, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -135,8 +144,11 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
         files["attack success rate"] = bars
     attacked = [a for a in attacks if a != "none"]
     if attacked:
+        attacked_cells = [c for c in cells if not c.get("clean")]
+        peak = max((r["malicious_share"] for c in attacked_cells for r in c["rounds"]
+                    if r.get("malicious_share") is not None), default=1.0)
         files["malicious share over rounds"] = _per_attack(
-            [c for c in cells if not c.get("clean")], "malicious_share",
-            out_dir / f"detection{suffix}.png", "malicious share of aggregate", attacked,
-            rules, (0.0, 1.0))
+            attacked_cells, "malicious_share", out_dir / f"detection{suffix}.png",
+            "malicious share of aggregate", attacked, rules,
+            (0.0, min(1.0, max(0.3, 1.15 * peak))))
     return files

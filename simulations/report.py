@@ -87,10 +87,13 @@ class Grid:
         return text
 
     def markdown(self, pct: bool = False, rules: list[str] | None = None) -> str:
-        rules = rules or self.rules
-        head = "| rule | " + " | ".join(self.attacks) + " |"
-        sep = "|---|" + "---:|" * len(self.attacks)
-        body = ["| " + r + " | " + " | ".join(self.cell_text(r, a, pct) for a in self.attacks)
+        """Rule × attack table; rows and columns without any value are left out."""
+        rules = [r for r in (rules or self.rules)
+                 if any((r, a) in self.stats for a in self.attacks)]
+        attacks = [a for a in self.attacks if any((r, a) in self.stats for r in self.rules)]
+        head = "| rule | " + " | ".join(attacks) + " |"
+        sep = "|---|" + "---:|" * len(attacks)
+        body = ["| " + r + " | " + " | ".join(self.cell_text(r, a, pct) for a in attacks)
                 + " |" for r in rules]
         return "\n".join([head, sep, *body])
 

@@ -71,7 +71,7 @@ def test_default_benchmark_end_to_end_on_a_reduced_size(tmp_path, capsys):
     assert "| rule | none | labelflip | worst |" in printed
     report = (out / "report.md").read_text()
     assert "### Final clean accuracy" in report and "### Ranking by worst-case accuracy" in report
-    for rule in ("fedavg", "krum(f=4)", "median", "fltrust"):
+    for rule in ("fedavg", "krum(f=4)", "median", "fltrust", "centeredclip(iterations=3,tau=0.5)"):
         assert f"| {rule} |" in report
     for png in ("accuracy.png", "heatmap.png", "detection.png"):
         assert (out / "plots" / png).stat().st_size > 5000
