@@ -37,6 +37,11 @@ working directory is the SuperLink's):
   The per-valid-row lists are in aggregation order: sorted by (partition id, node id).
 - ``final.pt``       ``torch.save`` of the final global vector, a (d,) float32 tensor.
 
+Data: ``flwr run`` ships a FAB with the code only (pyproject ``fab-include``: the vendored MNIST
+IDX files are neither an allowed FAB file type nor under the 10 MB FAB limit), and the apps import
+the FAB's copy of ``tasks``; for ``dataset='mnist'`` pass the absolute directory of the IDX files
+as ``data-root`` (e.g. ``data-root='/path/to/repo/tasks/data/mnist'``). ``digits`` needs nothing.
+
 Resume (``resume=true``): if ``output_dir/checkpoints`` holds a checkpoint of the same model, the
 run continues after its round from its vector (rounds, seeds and sampling continue as if
 uninterrupted; a stateful rule's state is restored), appending to the ledger (a ``resume`` row)
