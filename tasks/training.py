@@ -267,7 +267,8 @@ def train_many(
     if use_vmap and {k for k, _ in template.named_parameters()} != set(template.state_dict()):
         raise TrainingError("method='vmap' needs a model whose state is only parameters")
     if use_vmap:
-        result = _train_vmap(template, initial, datasets, cfg, generators)
+        shared = start is not None and start.ndim == 1
+        result = _train_vmap(template, initial, datasets, cfg, generators, shared_start=shared)
     else:
         result = _train_loop(template, initial, datasets, cfg, generators)
     for module, row in zip(modules, result.params, strict=False):
@@ -339,6 +340,7 @@ def _train_vmap(
     datasets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainConfig,
     generators: Sequence[torch.Generator],
+    shared_start: bool,
 ) -> BatchedTrainResult:
     sizes = [len(x) for x, _ in datasets]
     steps = torch.tensor([cfg.num_steps(n) for n in sizes])
@@ -352,7 +354,8 @@ def _train_vmap(
     mask = (idx >= 0).to(torch.float32)
     idx.clamp_(min=0)  # padded slots read row 0 of their own client, with weight 0
 
-    flat = initial[order]  # (K, d) new tensor, sorted by step count
+    in_order = bool(torch.equal(order, torch.arange(k)))  # e.g. equal step counts: no permuting
+    flat = initial.clone(memory_format=torch.contiguous_format) if in_order else initial[order]
     layout = ParamLayout.of(template)
     params = {
         key: flat[:, a:b].view(k, *shape)
@@ -365,6 +368,9 @@ def _train_vmap(
         return (ce * mb).sum() / mb.sum()
 
     step_fn = vmap(grad_and_value(loss_fn))
+    # Step 0 from one shared start: the parameters are not batched (in_dims=None), so the first
+    # layer is one large matmul over all clients' batches instead of K small ones (FedSGD).
+    first_fn = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0, 0)) if shared_start else step_fn
     # One (K, B, ...) batch buffer, filled by index_select per client: no copy of the datasets.
     xb = torch.empty(k, width, *datasets[0][0].shape[1:], dtype=datasets[0][0].dtype)
     yb = torch.empty(k, width, dtype=torch.int64)
@@ -379,12 +385,18 @@ def _train_vmap(
             torch.index_select(y, 0, idx[row, s], out=yb[row])
         mb = mask[:active, s]
         sub = {key: p[:active] for key, p in params.items()}
-        grads, losses = step_fn(sub, xb[:active], yb[:active], mb)
+        if s == 0 and shared_start:
+            grads, losses = first_fn({key: p[0] for key, p in sub.items()}, xb, yb, mb)
+        else:
+            grads, losses = step_fn(sub, xb[:active], yb[:active], mb)
         loss_sum[:active] += losses.detach().double() * mb.sum(1).double()
         _sgd_update(sub, grads, buffers, active, cfg)
 
-    out = torch.empty_like(flat)
-    out[order] = flat
+    if in_order:
+        out = flat
+    else:
+        out = torch.empty_like(flat)
+        out[order] = flat
     seen = mask.sum((1, 2)).double()
     stats = [TrainStats(loss=0.0, num_examples=0, steps=0)] * k
     for row, client in enumerate(clients):
