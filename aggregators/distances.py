@@ -12,7 +12,7 @@ fast float32 GEMM but makes it safe:
    fewer than half are outliers), which leaves all distances unchanged but makes the operands
    of the Gram product small, so the cancellation error scales with the spread of the clients
    instead of their common offset;
-2. the matrix is processed in column blocks (<= 16384 columns) that stay in cache (the
+2. the matrix is processed in column blocks (<= 8192 columns) that stay in cache (the
    subtraction is then nearly free); each block's Gram product runs in the input dtype and its
    distance contribution is accumulated in float64, so rounding does not grow with d (relative
    error ~1e-7, float32's own resolution);
@@ -31,9 +31,9 @@ import torch
 from aggregators.base import AggregatorError
 from aggregators.validation import require_finite
 
-# Column block: c·n values ≈ 4 MiB of float32 (the centred block stays in L2/L3 while the GEMM
-# reads it). Measured on the 2-core benchmark machine; see simulations/bench_aggregators.py.
-_BLOCK_VALUES = 1 << 20
+# Column block: c·n values ≈ 2 MiB of float32 at most (the centred block stays in L2 while the
+# GEMM reads it). Measured on the 2-core benchmark machine; see simulations/bench_aggregators.py.
+_BLOCK_VALUES = 1 << 19
 
 
 def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
@@ -60,25 +60,25 @@ def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
 
 
 def _block(n: int, d: int) -> int:
-    # at most 16384 columns: float32 GEMM accumulation error grows with the block length
-    # (measured max relative error 1e-5 at 349k columns, 9e-8 at 16k, n = 3)
-    return min(d, 16384, max(1024, _BLOCK_VALUES // n))
+    # n·c float32 ≈ 0.6-2 MiB, so the centred block is written to and read back from L2; at most
+    # 8192 columns, because float32 GEMM accumulation error grows with the block length
+    # (measured max relative error 1e-5 at 349k columns, 9e-8 at 16k, 1e-8 at 4k; n = 3).
+    return min(d, 8192, max(1024, _BLOCK_VALUES // n))
 
 
 def _centred_blocks(x: torch.Tensor, ref: int) -> torch.Tensor:
     n, d = x.shape
     c = _block(n, d)
     r = x[ref]
-    dist = torch.zeros((n, n), dtype=torch.float64)
+    gram = torch.zeros((n, n), dtype=torch.float64)  # Σ over blocks of the centred Gram
     for s in range(0, d, c):
         e = min(d, s + c)
         # A fresh block (not a view of a reused buffer): torch's `A @ A.T` takes its symmetric
         # fast path only for a tensor that is not a view; measured 2 ms vs 10 ms at 50 x 2e4.
         block = torch.sub(x[:, s:e], r[s:e])
-        gram = (block @ block.T).double()
-        sq = gram.diagonal()
-        dist += sq[:, None] + sq[None, :] - 2.0 * gram
-    return dist
+        gram.add_(block @ block.T)  # float32 block product, float64 accumulation
+    sq = gram.diagonal()
+    return sq[:, None] + sq[None, :] - 2.0 * gram
 
 
 def sanitize_distances(dist: torch.Tensor) -> torch.Tensor:
