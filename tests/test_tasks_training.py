@@ -220,3 +220,19 @@ def test_training_errors():
             [],
             start=flatten(model),
         )
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1]])
+def test_train_many_per_client_start_matrix_is_not_modified(cfg):
+    ds, data = _clients(k=4)
+    template = build_model("logreg", ds.input_shape, 10, seed=0)
+    starts = torch.stack(
+        [flatten(build_model("logreg", ds.input_shape, 10, seed=s)) for s in range(4)]
+    )
+    before = starts.clone()
+    result = train_many(template, data, cfg, [torch_generator(k) for k in range(4)], start=starts)
+    assert torch.equal(starts, before)
+    for k in range(4):
+        model = build_model("logreg", ds.input_shape, 10, seed=k)
+        train(model, *data[k], cfg, generator=torch_generator(k))
+        torch.testing.assert_close(result.params[k], flatten(model), rtol=1e-5, atol=1e-6)
