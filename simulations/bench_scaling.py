@@ -24,9 +24,11 @@ independent measures are used, both after every timing is done (so that they do 
   ← ``5`` resets ``VmHWM`` to the current RSS; the peak is ``VmHWM`` after the measured call minus
   RSS before it. A calibration (allocate and free k known (n, d) buffers) is printed with it.
 - held: a census of the live torch tensors (``gc.get_objects()``, storages de-duplicated by data
-  pointer) at the entry of ``robust_step`` minus the census at the start of the round: the bytes
-  the engine holds for the round's updates when aggregation starts. One (n, d) float32 matrix is
-  ratio 1.0; a list of per-client deltas kept alongside the stacked matrix is ratio 2.0.
+  pointer) at the entry of ``robust_step`` minus the census at the start of round 1 (before any
+  update exists): the bytes the engine holds for the round's updates when aggregation starts.
+  One (n, d) float32 matrix is ratio 1.0; per-client deltas kept alongside the stacked matrix
+  is ratio 2.0. For the engine, the peak is over round 2 relative to the RSS at the start of
+  round 1, so it includes what the engine still holds of round 1 while round 2 trains.
 
 Both are reported as multiples of n·d·4 bytes.
 """
@@ -138,29 +140,33 @@ def calibrate(n: int, d: int, copies: int = 2) -> float:
 
 @dataclass
 class MemoryProbe:
-    """Phase-probe-compatible wrapper (see ``bench_simulation.instrument``): at the start of each
-    round (first ``train`` call after an ``aggregate``) it takes a tensor census and resets the
-    RSS high-water mark; at ``robust_step`` entry it takes the census again; at its exit it reads
-    the high-water mark. One record per round: ``held`` and ``peak`` bytes."""
+    """Phase-probe-compatible wrapper (see ``bench_simulation.instrument``). At the start of
+    round 1 (its first ``train`` call) it takes the baseline: a tensor census and the RSS, before
+    any update of the run exists. At the start of every round it resets the RSS high-water mark;
+    at ``robust_step`` entry it takes the census again (``held`` = census − baseline: the bytes
+    held for the round's updates when aggregation starts); at its exit it reads the high-water
+    mark (``peak`` = VmHWM − baseline RSS: the most the round needed on top of the baseline,
+    including what it still holds of the previous round). One record per round."""
 
     records: list[dict[str, int]] = field(default_factory=list)
-    _round: dict[str, int] = field(default_factory=dict)
+    _baseline: dict[str, int] = field(default_factory=dict)
     _after_aggregate: bool = True
 
     def wrap(self, phase: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def probed(*args: Any, **kwargs: Any) -> Any:
             if phase == "train" and self._after_aggregate:
                 self._after_aggregate = False
-                gc.collect()
-                self._round = {"census0": live_tensor_bytes()}
+                if not self._baseline:
+                    gc.collect()
+                    self._baseline = {"census": live_tensor_bytes(),
+                                      "rss": _status()["VmRSS"]}
                 reset_peak()
-                self._round["rss0"] = _status()["VmRSS"]
             if phase != "aggregate":
                 return func(*args, **kwargs)
-            self._round["held"] = live_tensor_bytes() - self._round.get("census0", 0)
+            held = live_tensor_bytes() - self._baseline.get("census", 0)
             result = func(*args, **kwargs)
-            self._round["peak"] = _status()["VmHWM"] - self._round.get("rss0", 0)
-            self.records.append(dict(self._round))
+            peak = _status()["VmHWM"] - self._baseline.get("rss", 0)
+            self.records.append({"held": held, "peak": peak})
             self._after_aggregate = True
             return result
 
@@ -231,12 +237,14 @@ def time_aggregation(rules: Sequence[str], grid: Sequence[tuple[str, int, int]],
                 continue
             try:
                 call = _step_call(rule, n, d, updates)
+                start = time.perf_counter()
                 call()  # warm-up (and validation)
+                warm = time.perf_counter() - start
             except ValueError as exc:
                 points.append(AggPoint(rule, sweep, n, d, math.nan, skipped=f"error: {exc}"))
                 continue
             times = []
-            for _ in range(repeats):
+            for _ in range(repeats if warm < 2.0 else 1):  # slow calls: one timed repeat
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
@@ -338,6 +346,10 @@ def model_dim(cfg: Any) -> int:
 def time_engine(base: dict[str, Any], rules: Sequence[str], clients: Sequence[int],
                 models: Sequence[str], model_n: int, log: Callable[[str], None]
                 ) -> list[EnginePoint]:
+    from simulations.engine_inline import run_inline
+
+    # absorb the process's first-call costs (functorch's first vmap: ~1-2 s) before timing
+    run_inline(engine_config(base, num_clients=min(clients), rounds=1))
     points = []
     grid = [("n", n, base["model"]) for n in clients] + [("model", model_n, m) for m in models]
     for sweep, n, model in grid:
@@ -367,8 +379,8 @@ def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
     done: set[tuple[str, int, str]] = set()
     for point in points:
         key = (point.sweep, point.n, point.model)
-        if point.error or key in done:
-            continue
+        if point.error or key in done or point.n * point.d * 4 < 4 * 2**20:
+            continue  # below 4 MiB the page-granular RSS is noise
         done.add(key)
         cfg = engine_config(base, num_clients=point.n, model=point.model, aggregator=point.rule,
                             rounds=2, eval_every=2)

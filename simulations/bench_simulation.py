@@ -5,9 +5,10 @@ inline engine (:func:`simulations.engine_inline.run_inline`, one process) and on
 Simulation Engine (:func:`simulations.engine_flower.run_flower`, ``flwr run`` + Ray), in the same
 command, so that both see the same machine load. Printed per engine:
 
-- start-up: inline = import of the engine + task set-up until the first client trains;
-  Flower = from the call until the first round's row lands in ``rounds.jsonl``, minus one
-  steady-state round (CLI, SuperLink, Ray, actors importing torch);
+- start-up, for both engines: the wall time from the call until round 1 is over, minus one
+  steady-state round (median). Inline: import of the engine, task set-up (data, partition, model)
+  and first-call warm-ups (functorch's first vmap); Flower: the CLI, the SuperLink, the ServerApp
+  process, Ray and its actors importing torch; round 1 is shown apart as well;
 - wall time per round (median over rounds 2..R; round 1 is shown apart), rounds per second,
   client updates per second (clients per round / median round);
 - the ratio inline / Flower of rounds per second (target >= 10x at 100 clients).
@@ -247,7 +248,7 @@ class EngineMeasurement:
 
     @property
     def steady(self) -> list[float]:
-        return self.round_walls[1:] if len(self.round_walls) > 2 else self.round_walls
+        return self.round_walls[1:] if len(self.round_walls) > 1 else self.round_walls
 
     @property
     def round_median(self) -> float:
@@ -291,7 +292,7 @@ def measure_inline(cfg: Any) -> EngineMeasurement:
     if len(rounds) != cfg.rounds:
         notes.append(f"probe saw {len(rounds)} rounds for rounds={cfg.rounds}")
     first_train = min((e.start for e in probe.events if e.phase == "train"), default=t1)
-    steady = rounds[1:] if len(rounds) > 2 else rounds
+    steady = rounds[1:] if len(rounds) > 1 else rounds
     phase_median = {p: _median([r.phases[p] for r in steady]) for p in PHASES}
     phase_median["other"] = _median([r.other for r in steady])
     total = sum(r.wall for r in steady) or math.nan
@@ -306,7 +307,9 @@ def measure_inline(cfg: Any) -> EngineMeasurement:
         clients_per_round=clients_per_round(cfg),
         rounds=cfg.rounds,
         total_wall=import_seconds + (t1 - t0),
-        startup=import_seconds + (first_train - t0),
+        # same definition as Flower's: until the end of round 1, minus one steady round
+        startup=import_seconds + (first_train - t0)
+        + (rounds[0].wall - _median([r.wall for r in steady]) if rounds else 0.0),
         round_walls=[r.wall for r in rounds],
         phase_shares=shares,
         phase_median=phase_median,
@@ -390,7 +393,7 @@ def measure_flower(cfg: Any) -> EngineMeasurement:
         clients_per_round=clients_per_round(cfg),
         rounds=cfg.rounds,
         total_wall=t1 - t0,
-        startup=first - round_walls[0] if round_walls else first,
+        startup=first - _median(round_walls[1:] or round_walls) if round_walls else first,
         round_walls=round_walls,
         notes=notes,
     )
