@@ -265,7 +265,8 @@ def cmd_list(what: str) -> int:
     for section in sections if what == "all" else (what,):
         console.print(f"[bold]{section}[/]")
         for name, detail in _listing(section):
-            console.print(f"  {name:<18} {detail}", highlight=False)
+            console.print(f"  {name:<18} {detail}", highlight=False, markup=False,
+                          soft_wrap=True)
     return 0
 
 
@@ -276,16 +277,18 @@ def _listing(section: str) -> list[tuple[str, str]]:
         out = []
         for name in aggregators.available():
             try:
-                rule = aggregators.create(name)
-                detail = _params_text(rule.params())
-            except ValueError as exc:  # rules with required parameters
-                detail = f"(required parameters: {exc})"
+                detail = _params_text(aggregators.create(name).params())
+            except ValueError:  # f is required (Krum, Bulyan, trimmed mean, ...)
+                params = aggregators.create(name, f=1).params()
+                detail = _params_text({**params, "f": "<required>"})
             out.append((name, detail))
         return out
     if section == "attacks":
         from clients.attacks import available_attacks
 
-        return [(n, _describe(d)) for n, d in available_attacks().items()]
+        return [(n, f"[{d.get('kind')}; knowledge {'/'.join(d.get('knowledge', []))}] "
+                 f"{_params_text(d.get('params', {}))} — {d.get('summary', '')}")
+                for n, d in available_attacks().items()]
     if section == "scenarios":
         from simulations.scenario import PRESETS_DIR, available_presets
 
@@ -313,11 +316,19 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def _first_doc_line(path: Path) -> str:
+    """The preset's ``description``, else the first comment line."""
+    import tomllib
+
+    try:
+        description = tomllib.loads(path.read_text()).get("description")
+    except tomllib.TOMLDecodeError:
+        description = None
+    if description:
+        return str(description)
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            text = line.lstrip("# ").strip()
-            if text:
-                return text
+        text = line.lstrip("# ").strip()
+        if line.startswith("#") and text:
+            return text
     return ""
 
 

@@ -83,11 +83,13 @@ def run_config_toml(cfg: RunConfig) -> str:
 
 
 def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = None,
-               log_path: str | Path | None = None, app_dir: str | Path = REPO_ROOT) -> RunResult:
+               log_path: str | Path | None = None, app_dir: str | Path = REPO_ROOT,
+               flwr_home: str | Path | None = None) -> RunResult:
     """Run ``cfg`` under ``flwr run`` and return its rounds and final vector.
 
     ``app_dir`` is the Flower app (a directory with pyproject.toml; the repository root by
-    default); ``log_path`` receives the CLI output and the SuperLink log.
+    default); ``log_path`` receives the CLI output and the SuperLink log; ``flwr_home`` is the
+    private FLWR_HOME to use (kept afterwards; default: a temp dir, removed).
     """
     app_dir = Path(app_dir).resolve()
     missing = sorted(set(cfg.to_flower()) - declared_config_keys(app_dir))
@@ -98,7 +100,8 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedshield-flwr-") as tmp:
-        home = Path(tmp)
+        home = Path(flwr_home).resolve() if flwr_home else Path(tmp)
+        home.mkdir(parents=True, exist_ok=True)
         out_dir = Path(cfg.output_dir).resolve() if cfg.output_dir else home / "out"
         run_cfg = cfg.with_updates(output_dir=str(out_dir))
         config_file = home / "run_config.toml"

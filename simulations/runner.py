@@ -70,8 +70,14 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     if engine == "flower":
+        import shutil
+
         from simulations.engine_flower import run_flower
 
+        run_dir = payload.get("run_dir")
+        if run_dir:  # ledger, checkpoints, rounds.jsonl of the ServerApp, kept with the results
+            shutil.rmtree(run_dir, ignore_errors=True)  # a killed earlier attempt
+            cfg = cfg.with_updates(output_dir=run_dir)
         result = run_flower(cfg)
     else:
         from simulations.engine_inline import run_inline
@@ -120,6 +126,10 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
     """
     done = store.finished()
     todo = [p for p, c in zip(payloads(scenario, cells), cells, strict=True) if c.id not in done]
+    for payload in todo:
+        if payload["engine"] == "flower":
+            cid = cell_id(RunConfig.from_dict(payload["config"]), "flower")
+            payload["run_dir"] = str((store.root / "runs" / cid).resolve())
     if on_start is not None:
         on_start(len(todo), len(cells) - len(todo))
     workers = scenario.workers if workers is None else workers

@@ -5,6 +5,8 @@ Layout::
     DIR/cells/<id>.json   one file per finished cell — the source of truth: resolved config,
                           engine, labels, summary, per-round rows, malicious ids, timings.
                           Written atomically (temp file, fsync, os.replace) when the cell ends.
+    DIR/runs/<id>/        flower engine only: the ServerApp's ledger.jsonl, checkpoints/,
+                          rounds.jsonl and final.pt of that cell
     DIR/failed/<id>.json  cells that raised (error, traceback); retried by the next run
     DIR/cells.jsonl       index: one summary row per cell (rebuilt atomically after each cell)
     DIR/rounds.jsonl      one row per (cell, round) (rebuilt atomically after each cell)

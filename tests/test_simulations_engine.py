@@ -66,10 +66,12 @@ def test_inline_and_flower_engines_give_the_same_final_model(tmp_path):
 
     cfg = RunConfig(**{**TINY, "rounds": 3}, aggregator="median", attack="signflip",
                     num_malicious=1, output_dir=str(tmp_path / "flower"))
-    flower = run_flower(cfg, timeout=480, log_path=tmp_path / "flower.log")
+    home = tmp_path / "flwr_home"
+    flower = run_flower(cfg, timeout=480, log_path=tmp_path / "flower.log", flwr_home=home)
     inline = run_inline(cfg)
     torch.testing.assert_close(flower.final_vector, inline.final_vector, atol=1e-5, rtol=1e-4)
     assert [r["accuracy"] for r in flower.rounds] == pytest.approx(
         [r["accuracy"] for r in inline.rounds], abs=1e-9)
     assert (tmp_path / "flower" / "final.pt").exists()
-    assert processes_of(tmp_path) == []
+    assert (home / "local-superlink").is_dir()  # the run used this private FLWR_HOME ...
+    assert processes_of(home) == []  # ... and left no SuperLink, ServerApp or Ray behind
