@@ -65,16 +65,24 @@ RULES: dict[str, tuple[Callable[[int, int], dict[str, Any]], str, str | None]] =
 
 def _median_ms(fn: Callable[[], Any], repeats: int, *, warmup: bool,
                setup: Callable[[], Any] | None = None) -> tuple[float, Any]:
-    """Median wall time of ``fn(setup())`` in ms (setup is not timed); also the last result."""
+    """Median wall time of ``fn(setup())`` in ms (setup is not timed); also the last result.
+
+    The garbage collector is disabled while timing, as ``timeit`` does (a collection costs up to
+    a second in a process holding torch, Flower and hypothesis); Flower's own explicit
+    ``gc.collect()`` calls inside its strategies still run and are part of its cost.
+    """
     if warmup:
         fn(setup()) if setup else fn()
     times, result = [], None
     for _ in range(repeats):
         arg = setup() if setup else None
-        gc.collect()
-        start = time.perf_counter()
-        result = fn(arg) if setup else fn()
-        times.append(time.perf_counter() - start)
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            result = fn(arg) if setup else fn()
+            times.append(time.perf_counter() - start)
+        finally:
+            gc.enable()
         del arg
     return 1e3 * statistics.median(times), result
 
