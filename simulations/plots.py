@@ -33,7 +33,8 @@ def _colors(rules: list[str]) -> dict[str, Any]:
 
 
 def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
-                attacks: list[str], rules: list[str], ylim: tuple[float, float] | None) -> Path:
+                attacks: list[str], rules: list[str],
+                ylim: tuple[float, float] | None) -> Path | None:
     cols = min(3, len(attacks))
     rows = math.ceil(len(attacks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False,
@@ -59,6 +60,9 @@ def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
+    if not seen:  # nothing to draw (e.g. no rule defines the metric under the flower engine)
+        plt.close(fig)
+        return None
     spare = list(axes.flat)[len(attacks):]
     for ax in spare:
         ax.set_visible(False)
@@ -134,14 +138,12 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     _, rules = summary_table(cells)
     attacks = _ordered(c["attack"] for c in cells)
-    files: dict[str, Path] = {
+    files: dict[str, Path | None] = {
         "accuracy per round": _per_attack(cells, "accuracy", out_dir / f"accuracy{suffix}.png",
                                           "clean test accuracy", attacks, rules, (0.0, 1.0)),
         "accuracy heatmap": heatmap(cells, out_dir / f"heatmap{suffix}.png"),
     }
-    bars = asr_bars(cells, out_dir / f"asr{suffix}.png")
-    if bars is not None:
-        files["attack success rate"] = bars
+    files["attack success rate"] = asr_bars(cells, out_dir / f"asr{suffix}.png")
     attacked = [a for a in attacks if a != "none"]
     if attacked:
         attacked_cells = [c for c in cells if not c.get("clean")]
@@ -151,4 +153,4 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
             attacked_cells, "malicious_share", out_dir / f"detection{suffix}.png",
             "malicious share of aggregate", attacked, rules,
             (0.0, min(1.0, max(0.3, 1.15 * peak))))
-    return files
+    return {name: path for name, path in files.items() if path is not None}

@@ -92,3 +92,18 @@ def test_report_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no finished cells"):
         write_report(tmp_path / "empty")
+
+
+def test_report_without_any_share_skips_the_detection_plot(tmp_path):
+    # e.g. median under the flower engine: the ServerApp writes no update matrix
+    store = ResultsStore(tmp_path)
+    store.prepare()
+    for order, attack in enumerate(["none", "labelflip"]):
+        cell = fake_cell(order, "median", attack)
+        for row in cell["rounds"]:
+            row["malicious_share"] = None
+        store.save_cell(cell)
+    text = write_report(tmp_path).read_text()
+    assert "| median | 88.0 | 50.0 | 50.0 |" in text
+    assert (tmp_path / "plots" / "accuracy.png").exists()
+    assert not (tmp_path / "plots" / "detection.png").exists()
