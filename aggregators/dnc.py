@@ -32,11 +32,28 @@ from aggregators.validation import check_context, check_f, check_positive, check
 
 
 def outlier_scores(sub: torch.Tensor) -> torch.Tensor:
-    """(n,) float64 s_i = ⟨x̄_i, v⟩² for the centred rows x̄_i of ``sub`` (top singular vector v)."""
-    centred = sub.to(torch.float64)
-    centred = centred - centred.mean(dim=0, keepdim=True)
-    eigvals, eigvecs = torch.linalg.eigh(centred @ centred.T)
-    return eigvals[-1].clamp_min(0.0) * eigvecs[:, -1] ** 2
+    """(n,) float64 s_i = ⟨x̄_i, v⟩² for the centred rows x̄_i of ``sub`` (top singular vector v).
+
+    The (n, b) centring and Gram product run in the input dtype on the centred rows divided by
+    their largest |entry| (no overflow whatever the scale); the n × n ``eigh`` and the rescaling
+    run in float64.
+    """
+    centred = sub - sub.mean(dim=0, keepdim=True)
+    peak = float(centred.abs().max())
+    if peak == 0:
+        return torch.zeros(sub.shape[0], dtype=torch.float64)
+    centred = centred / peak
+    eigvals, eigvecs = torch.linalg.eigh((centred @ centred.T).to(torch.float64))
+    return eigvals[-1].clamp_min(0.0) * peak**2 * eigvecs[:, -1] ** 2
+
+
+def random_columns(updates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, size) copy of ``size`` distinct random columns (sorted: a streaming gather)."""
+    d = updates.shape[1]
+    if size >= d:
+        return updates
+    cols = torch.randperm(d, generator=generator)[:size].sort().values
+    return updates.index_select(1, cols)
 
 
 def keep_lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -107,8 +124,8 @@ class DnC(Rule):
         b = min(self.b, d)
         votes = torch.zeros(n, dtype=torch.int64)
         for _ in range(self.niters):
-            cols = torch.randperm(d, generator=self._generator)[:b] if b < d else slice(None)
-            votes += keep_lowest(outlier_scores(updates[:, cols]), keep)
+            sub = random_columns(updates, b, self._generator)
+            votes += keep_lowest(outlier_scores(sub), keep)
         good = votes == self.niters
         fallback = not bool(good.any())
         if fallback:

@@ -40,6 +40,19 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
 
 
+def unit_rows(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows / ‖row‖, nonzero mask), computed in the input dtype without overflow or underflow.
+
+    Each row is first divided by its largest |entry| (so 1 ≤ ‖row‖ ≤ √d), then by its norm: no
+    reciprocal of a tiny norm can overflow, and a row with one non-zero entry becomes exactly ±e_k.
+    """
+    peak = updates.abs().amax(dim=1)
+    nonzero = peak > 0
+    unit = updates / torch.where(nonzero, peak, 1.0)[:, None]
+    norm = torch.linalg.vector_norm(unit, dim=1)
+    return unit.div_(torch.where(nonzero, norm, 1.0)[:, None]), nonzero
+
+
 def cosine_similarity(updates: torch.Tensor) -> torch.Tensor:
     """(n, n) float64 cos(Δ_i, Δ_j), through the shared kernel: cos = 1 − ‖u_i − u_j‖² / 2.
 
@@ -48,9 +61,7 @@ def cosine_similarity(updates: torch.Tensor) -> torch.Tensor:
     within ``PARALLEL_TOL`` of ±1 are set to ±1: parallel rows are exactly parallel whatever the
     float32 rounding of the kernel's GEMM (and whatever their scale).
     """
-    norms = row_norms(updates)
-    nonzero = norms > 0
-    unit = updates * (1.0 / torch.where(nonzero, norms, 1.0)).to(updates.dtype)[:, None]
+    unit, nonzero = unit_rows(updates)
     cos = (1.0 - pairwise_sq_distances(unit).to(torch.float64) / 2.0).clamp(-1.0, 1.0)
     cos = torch.where(cos.abs() > 1.0 - PARALLEL_TOL, cos.sign(), cos)
     both = nonzero[:, None] & nonzero[None, :]
@@ -134,11 +145,12 @@ class Flame(Rule):
         updates = check_updates(self, updates)
         check_context(self, updates, context)
         n = updates.shape[0]
+        norms = row_norms(updates)
         distances = (1.0 - cosine_similarity(updates)).clamp(0.0, 2.0)
+        distances = torch.round(distances, decimals=6)  # float32 rounding must not split ties
         distances.fill_diagonal_(0.0)
         size = self.min_cluster_size if self.min_cluster_size is not None else n // 2 + 1
         accepted = torch.from_numpy(majority_cluster(distances.numpy(), size))
-        norms = row_norms(updates)
         bound = median_norm(norms)
         kept = int(accepted.sum())
         mean = clipped_mean(updates, norms, accepted, bound)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from aggregators.base import Aggregation, AggregatorError, Rule, register
+from aggregators.dnc import random_columns
 from aggregators.flame import clipped_mean, median_norm, row_norms
 from aggregators.validation import check_context, check_f, check_positive, check_updates
 
@@ -126,8 +127,8 @@ class SignGuard(Rule):
         bound = median_norm(norms)
         in_band = (norms >= self.lower * bound) & (norms <= self.upper * bound)
         size = min(d, max(1, math.ceil(self.fraction * d)))
-        cols = torch.randperm(d, generator=self._generator)[:size] if size < d else slice(None)
-        in_cluster = torch.from_numpy(self._cluster(sign_features(updates[:, cols])))
+        sub = random_columns(updates, size, self._generator)
+        in_cluster = torch.from_numpy(self._cluster(sign_features(sub)))
         good = in_band & in_cluster
         fallback = not bool(good.any())
         if fallback:

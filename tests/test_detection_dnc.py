@@ -46,6 +46,14 @@ def test_removes_a_planted_direction():
     assert torch.linalg.vector_norm(agg.update - honest[agg.accepted[: n - f]].mean(dim=0)) < 1e-4
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_selection_invariant_to_global_scale(seed):
+    x = torch.randn(10, 50, generator=torch.Generator().manual_seed(seed))
+    ref = aggregators.create("dnc", f=3, b=20, seed=seed)(x).accepted
+    for scale in (1e-6, 1e-3, 7.0, 1e6):
+        assert torch.equal(aggregators.create("dnc", f=3, b=20, seed=seed)(x * scale).accepted, ref)
+
+
 def test_c_scales_the_removal_and_min_clients():
     rule = aggregators.create("dnc", f=2, c=1.5)
     assert rule.min_clients() == 4

@@ -63,7 +63,10 @@ def test_finite_output_and_consistent_selection(key, x):
                 assert bool((agg.accepted | (agg.weights == 0)).all())
 
 
-@pytest.mark.parametrize("name", ["flame", "dnc", "signguard", "foolsgold"])
+# DnC is scale-free too, but on hypothesis' symmetric matrices its top singular vector is often not
+# unique (a repeated top singular value), so rounding legitimately picks one; it is checked on
+# generic random matrices in test_detection_dnc.py.
+@pytest.mark.parametrize("name", ["flame", "signguard", "foolsgold"])
 @settings(max_examples=25, deadline=None)
 @given(x=matrices(), scale=st.sampled_from([1e-3, 7.0, 1e3]))
 def test_selection_invariant_to_global_scale(name, x, scale):
