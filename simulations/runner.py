@@ -147,10 +147,19 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
         if on_cell is not None:
             on_cell(record)
 
+    try:
+        _run(todo, workers, finish)
+    finally:
+        store.rebuild_indexes()  # accuracy drops need every twin; drop torn appends
+    return records
+
+
+def _run(todo: list[dict[str, Any]], workers: int,
+         finish: Callable[[dict[str, Any]], None]) -> None:
     if workers == 1:
         for payload in todo:
             finish(run_cell_safely(payload))
-        return records
+        return
     for key, value in THREAD_ENV.items():  # inherited by the spawned workers
         os.environ.setdefault(key, value)
     import multiprocessing
@@ -172,4 +181,3 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return records

@@ -8,15 +8,16 @@ Layout::
     DIR/runs/<id>/        flower engine only: the ServerApp's ledger.jsonl, checkpoints/,
                           rounds.jsonl and final.pt of that cell
     DIR/failed/<id>.json  cells that raised (error, traceback); retried by the next run
-    DIR/cells.jsonl       index: one summary row per cell (rebuilt atomically after each cell)
-    DIR/rounds.jsonl      one row per (cell, round) (rebuilt atomically after each cell)
-    DIR/cells.csv         the index as CSV, for spreadsheets
+    DIR/cells.jsonl       index: one summary row per cell (appended and fsync'd after each
+                          cell; rebuilt atomically from cells/ at the start and end of a run)
+    DIR/rounds.jsonl      one row per (cell, round) (same)
+    DIR/cells.csv         the index as CSV, for spreadsheets (written by ``rebuild_indexes``)
     DIR/scenario.toml     the scenario of the last sweep, as resolved from file + overrides
     DIR/environment.json  Python, torch, flwr, numpy versions, platform, CPU count, git commit
 
 A kill at any moment loses only the cells in flight: every finished cell is already in
-``cells/``, and the indexes are derived from it (``rebuild_indexes``). Running the same sweep
-again skips the ids found in ``cells/``.
+``cells/``, and the indexes are derived from it (``rebuild_indexes``, run by ``prepare``).
+Running the same sweep again skips the ids found in ``cells/``.
 """
 
 from __future__ import annotations
@@ -74,16 +75,46 @@ class ResultsStore:
 
     # --- writing -------------------------------------------------------------------------
     def prepare(self, scenario_toml: str | None = None) -> None:
+        """Create the directory, record the environment (and scenario), and rebuild the
+        indexes from ``cells/`` (which also repairs a torn last line left by a kill)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.root / "environment.json", json.dumps(environment(), indent=2))
         if scenario_toml is not None:
             atomic_write(self.root / "scenario.toml", scenario_toml)
+        self.rebuild_indexes()
 
     def save_cell(self, record: dict[str, Any]) -> None:
-        """Persist one finished cell atomically, then refresh the indexes."""
+        """Persist one finished cell atomically, then append it to the indexes (fsync'd).
+
+        The appended index row has no accuracy drop yet when its attack-free twin has not
+        finished; :meth:`rebuild_indexes` (end of a sweep, next start) fills it in."""
         atomic_write(self.cells_dir / f"{record['id']}.json", json.dumps(record, default=_json))
         (self.root / "failed" / f"{record['id']}.json").unlink(missing_ok=True)
-        self.rebuild_indexes()
+        from simulations.metrics import accuracy_drops
+
+        drop = accuracy_drops([*self._baselines(record), record]).get(record["id"])
+        _append(self.root / "cells.jsonl",
+                json.dumps(index_row(record, drop), default=_json) + "\n")
+        _append(self.root / "rounds.jsonl", "".join(
+            json.dumps({"cell": record["id"], "rule": record["rule"],
+                        "attack": record["attack"], **row}, default=_json) + "\n"
+            for row in record["rounds"]))
+
+    def _baselines(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Attack-free twins of ``record`` already in the index (as minimal cell dicts)."""
+        path = self.root / "cells.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("clean") and row.get("clean_key") == record["clean_key"]:
+                out.append({"id": row["id"], "clean": True, "clean_key": row["clean_key"],
+                            "summary": {"final_accuracy": row.get("final_accuracy")}})
+        return out
 
     def save_failure(self, record: dict[str, Any]) -> None:
         """Record a failed cell (error + traceback) in ``DIR/failed/``; it is not "finished"."""
@@ -130,11 +161,19 @@ class ResultsStore:
         return cells
 
 
+def _append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def index_row(cell: dict[str, Any], drop: float | None) -> dict[str, Any]:
     summary = cell["summary"]
     row = {"id": cell["id"], "scenario": cell.get("scenario"), "engine": cell["engine"],
            "rule": cell["rule"], "attack": cell["attack"], "seed": cell["config"]["seed"],
-           "accuracy_drop": drop, "seconds": cell.get("seconds")}
+           "accuracy_drop": drop, "seconds": cell.get("seconds"), "clean": cell.get("clean"),
+           "clean_key": cell.get("clean_key")}
     row.update({k: summary.get(k) for k in INDEX_FIELDS if k in summary})
     return row
 

@@ -81,7 +81,9 @@ def test_indexes_hold_one_row_per_cell_and_round(results):
     assert len(index) == 9 and len({r["id"] for r in index}) == 9
     rounds = (results.root / "rounds.jsonl").read_text().splitlines()
     assert len(rounds) == 9 * 4
+    results.rebuild_indexes()  # the end of a sweep: the CSV is written from cells/
     assert (results.root / "cells.csv").read_text().count("\n") == 10
+    assert len((results.root / "rounds.jsonl").read_text().splitlines()) == 9 * 4
     env = json.loads((results.root / "environment.json").read_text())
     assert env["torch"] and env["python"]
 

@@ -91,3 +91,20 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "needs at least 7" in records[1]["error"]
     assert store.finished() == {cells[0].id}
     assert [f["id"] for f in store.failures()] == [cells[1].id]
+
+
+def test_appended_index_rows_get_the_drop_when_the_twin_is_done(tmp_path):
+    from tests.test_simulations_report import fake_cell
+
+    store = ResultsStore(tmp_path)
+    store.prepare()
+    store.save_cell(fake_cell(0, "fedavg", "labelflip"))  # twin not finished yet
+    store.save_cell(fake_cell(1, "fedavg", "none"))
+    store.save_cell(fake_cell(2, "fedavg", "backdoor-patch"))  # twin done: drop 0.9 - 0.85
+    rows = [json.loads(x) for x in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert [r["accuracy_drop"] for r in rows] == [None, 0.0, pytest.approx(0.05)]
+    with open(tmp_path / "cells.jsonl", "a") as fh:
+        fh.write('{"id": "torn')  # a kill in the middle of an append
+    store.rebuild_indexes()
+    rows = [json.loads(x) for x in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert [r["accuracy_drop"] for r in rows] == [pytest.approx(0.6), 0.0, pytest.approx(0.05)]
