@@ -79,10 +79,12 @@ class FoolsGold(Rule):
         self.kappa = float(kappa)
         self.normalize = normalize
         self.use_history = use_history
-        self._history: dict[Hashable, torch.Tensor] = {}
+        self.reset()
 
     def reset(self) -> None:
-        self._history = {}
+        # one row of ``_history`` per client ever seen; ``_row`` maps a client id to its row
+        self._row: dict[Hashable, int] = {}
+        self._history: torch.Tensor | None = None
 
     def _ids(self, n: int, client_ids: Sequence[Hashable] | None) -> list[Hashable]:
         if client_ids is None:
@@ -93,19 +95,24 @@ class FoolsGold(Rule):
         return ids
 
     def _accumulate(self, ids: list[Hashable], updates: torch.Tensor) -> torch.Tensor:
+        """H_i += Δ_i for the clients of this round (new clients start at 0); return their H."""
         d = updates.shape[1]
-        rows = []
-        for cid, delta in zip(ids, updates, strict=True):
-            old = self._history.get(cid)
-            if old is not None and old.shape[0] != d:
-                raise AggregatorError(
-                    f"foolsgold: client {cid!r} has a history of dimension {old.shape[0]} but "
-                    f"sent an update of dimension {d}; call reset() when the model changes"
-                )
-            new = delta.clone() if old is None else old + delta
-            self._history[cid] = new
-            rows.append(new)
-        return torch.stack(rows)
+        if self._history is None:
+            self._history = torch.zeros(0, d, dtype=updates.dtype)
+        if self._history.shape[1] != d:
+            raise AggregatorError(
+                f"foolsgold: the histories have dimension {self._history.shape[1]} but the updates "
+                f"have dimension {d}; call reset() when the model changes"
+            )
+        new = [cid for cid in ids if cid not in self._row]
+        if new:
+            base = len(self._row)
+            self._row.update({cid: base + k for k, cid in enumerate(new)})
+            grown = torch.zeros(len(new), d, dtype=self._history.dtype)
+            self._history = torch.cat([self._history, grown])
+        rows = torch.tensor([self._row[cid] for cid in ids], dtype=torch.int64)
+        self._history.index_add_(0, rows, updates.to(self._history.dtype))
+        return self._history.index_select(0, rows)
 
     def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
         updates = check_updates(self, updates)
@@ -121,5 +128,5 @@ class FoolsGold(Rule):
             update=combined,
             accepted=alpha > 0,
             weights=share,
-            diagnostics={"alpha": alpha.tolist(), "known_clients": len(self._history)},
+            diagnostics={"alpha": alpha.tolist(), "known_clients": len(self._row)},
         )

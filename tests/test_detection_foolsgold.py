@@ -135,6 +135,21 @@ def test_client_id_errors():
     rule(torch.ones(1, 3), client_ids=["a"])
     with pytest.raises(AggregatorError, match="dimension"):
         rule(torch.ones(1, 4), client_ids=["a"])
+    rule.reset()  # a new model: start over
+    assert rule(torch.ones(1, 4), client_ids=["a"]).update.tolist() == [1.0] * 4
+
+
+def test_state_survives_a_checkpoint_round_trip(tmp_path):
+    # the server checkpoints vars(rule) of a stateful rule with torch.save and restores it
+    gen = torch.Generator().manual_seed(6)
+    r1, r2 = torch.randn(4, 12, generator=gen), torch.randn(4, 12, generator=gen)
+    ids = ["a", "b", "c", "d"]
+    live = aggregators.create("foolsgold")
+    live(r1, client_ids=ids)
+    torch.save(dict(vars(live)), tmp_path / "state.pt")
+    restored = aggregators.create("foolsgold")
+    vars(restored).update(torch.load(tmp_path / "state.pt", weights_only=False))
+    assert torch.equal(restored(r2, client_ids=ids).update, live(r2, client_ids=ids).update)
 
 
 @pytest.mark.parametrize(
