@@ -9,6 +9,14 @@ For each model it trains the same K clients (a ``dirichlet`` split, seeded gener
 ``--repeats`` runs of each (interleaved, after one warm-up run), the speed-up, client updates per
 second, and the largest absolute difference between the two results. Timings on a shared machine
 are noisy: compare the ratio within one run.
+
+Measured here (2 vCPU shared with other jobs, load average 8-12, 1 thread, 100 clients,
+Dirichlet α=0.5, batch 32, median of 5; loop s → vmap s):
+digits 1 epoch: logreg 0.213 → 0.041 (5.2×), mlp 0.205 → 0.033 (6.2×), cnn 0.89 → 0.49 (1.8×);
+digits FedSGD (1 step): logreg 7.6×, mlp 4.9×, cnn 1.5×;
+MNIST 1 epoch: logreg 2.55 → 0.91 (2.8×), mlp 5.10 → 2.25 (2.3×);
+MNIST FedSGD: logreg 4.0×, mlp 4.1×, cnn 4.43 → 9.06 (0.49×: the CNN is looped by default).
+Max |vmap − loop| ≤ 6e-8 everywhere.
 """
 
 from __future__ import annotations
