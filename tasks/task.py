@@ -3,7 +3,8 @@
 ``get_task(cfg)`` loads the dataset (itself cached per process), draws the split and the initial
 model once per *task key* — the RunConfig fields that define the task: dataset, data_root,
 partition and the parameter of that scheme (alpha for dirichlet, q for bias, shards_per_client for
-shards), min_partition_size, num_clients, seed, model and root_size — and hands out a
+shards), min_partition_size, num_clients, seed, model, root_size and, when the RunConfig has them,
+root_bias_class / root_p (FLTrust's root-set bias) — and hands out a
 :class:`Task`. Training hyper-parameters are not part of the key: a sweep over ``lr`` shares one
 split; each distinct :class:`TrainConfig` gets its own (cheap) ``Task`` view of the shared core.
 
@@ -124,6 +125,8 @@ class TaskKey:
     seed: int
     model: str
     root_size: int
+    root_bias_class: int | None = None
+    root_p: float | None = None
 
 
 _SCHEME_PARAM = {"dirichlet": "alpha", "bias": "q", "shards": "shards_per_client"}
@@ -142,7 +145,17 @@ def task_key(cfg: RunConfig) -> TaskKey:
         seed=cfg.seed,
         model=cfg.model,
         root_size=cfg.root_size,
+        **_root_bias(cfg),
     )
+
+
+def _root_bias(cfg: RunConfig) -> dict[str, object]:
+    """FLTrust's root-set bias, read from the optional RunConfig fields ``root_bias_class``
+    (< 0 or absent: unbiased) and ``root_p`` (the probability of that class)."""
+    bias_class = getattr(cfg, "root_bias_class", -1)
+    if bias_class is None or bias_class < 0:
+        return {}
+    return {"root_bias_class": int(bias_class), "root_p": float(getattr(cfg, "root_p", 0.0))}
 
 
 def get_task(cfg: RunConfig) -> Task:
@@ -173,6 +186,8 @@ def _core(key: TaskKey) -> _Core:
         seed=key.seed,
         min_size=key.min_partition_size,
         root_size=key.root_size,
+        root_bias_class=key.root_bias_class,
+        root_p=key.root_p,
         **extra,  # type: ignore[arg-type]
     )
     init_seed = derive_seed(key.seed, "init")
