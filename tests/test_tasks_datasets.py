@@ -185,3 +185,32 @@ def test_hf_without_package_says_how_to_install(monkeypatch):
     with pytest.raises(DatasetError, match="pip install flwr-datasets") as err:
         load_dataset("hf:ylecun/mnist", allow_network=True)
     assert "network" in str(err.value)
+
+
+def test_hf_path_with_a_stand_in_hub(monkeypatch):
+    """The conversion code (columns, images to NCHW, labels) on a fake `datasets` module."""
+    import types
+
+    rng = np.random.default_rng(0)
+
+    class Split:
+        def __init__(self, n):
+            self.columns = {"image": list(rng.integers(0, 256, (n, 6, 6), dtype=np.uint8)),
+                            "label": [i % 2 for i in range(n)]}  # fmt: skip
+            self.column_names = list(self.columns)
+
+        def __getitem__(self, col):
+            return self.columns[col]
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name: {"train": Split(12), "test": Split(4)}
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    D.clear_cache()
+    ds = load_dataset("hf:someone/tiny", allow_network=True)
+    assert ds.input_shape == (1, 6, 6) and ds.num_classes == 2 and len(ds.test_y) == 4
+    assert ds.source == "huggingface.co/datasets/someone/tiny"
+    fake.load_dataset = lambda name: {"train": Split(3)}
+    D.clear_cache()
+    with pytest.raises(DatasetError, match="no 'test' split"):
+        load_dataset("hf:someone/tiny", allow_network=True)
+    D.clear_cache()
