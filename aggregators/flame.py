@@ -35,33 +35,58 @@ from aggregators.validation import check_context, check_f, check_positive, check
 PARALLEL_TOL = 1e-6
 
 
+def _scaled_norms(rows: torch.Tensor) -> torch.Tensor:
+    """(k,) float64 norms of rows whose plain sum of squares over- or underflows: rows / peak."""
+    peak = rows.abs().amax(dim=1)
+    scaled = rows / torch.where(peak > 0, peak, 1.0)[:, None]
+    return peak.double() * torch.linalg.vector_norm(scaled, dim=1).double()
+
+
 def row_norms(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) float64 Euclidean norms of the rows (accumulated in float64: no overflow)."""
-    return torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
+    """(n,) float64 Euclidean norms of the rows.
 
-
-def unit_rows(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows / ‖row‖, nonzero mask), computed in the input dtype without overflow or underflow.
-
-    Each row is first divided by its largest |entry| (so 1 ≤ ‖row‖ ≤ √d), then by its norm: no
-    reciprocal of a tiny norm can overflow, and a row with one non-zero entry becomes exactly ±e_k.
+    One fast pass in the updates' dtype; the rare rows whose sum of squares overflowed (entries
+    above ~1e19 in float32) or underflowed (all entries below ~1e-19) are redone scaled by their
+    largest |entry|.
     """
-    peak = updates.abs().amax(dim=1)
-    nonzero = peak > 0
-    unit = updates / torch.where(nonzero, peak, 1.0)[:, None]
-    norm = torch.linalg.vector_norm(unit, dim=1)
-    return unit.div_(torch.where(nonzero, norm, 1.0)[:, None]), nonzero
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    peak = torch.maximum(updates.amax(dim=1), -updates.amin(dim=1))
+    bad = ~torch.isfinite(norms) | (norms < peak * (1 - 1e-6))
+    norms = norms.double()
+    if bool(bad.any()):
+        norms[bad] = _scaled_norms(updates[bad])
+    return norms
 
 
-def cosine_similarity(updates: torch.Tensor) -> torch.Tensor:
+def unit_rows(updates: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows / ‖row‖, nonzero mask) in the updates' dtype; zero rows stay zero.
+
+    A division by the norm (never a multiplication by its reciprocal, so a row with one non-zero
+    entry becomes exactly ±e_k); rows whose norm is outside the dtype's normal range are first
+    divided by their largest |entry|.
+    """
+    info = torch.finfo(updates.dtype)
+    nonzero = norms > 0
+    divisor = torch.where(nonzero, norms, 1.0)
+    extreme = (divisor > info.max / 4) | (divisor < info.tiny)
+    unit = updates / divisor.to(updates.dtype)[:, None]
+    if bool(extreme.any()):
+        rows = updates[extreme]
+        rows = rows / rows.abs().amax(dim=1, keepdim=True)
+        unit[extreme] = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return unit, nonzero
+
+
+def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """(n, n) float64 cos(Δ_i, Δ_j), through the shared kernel: cos = 1 − ‖u_i − u_j‖² / 2.
 
-    u_i = Δ_i / ‖Δ_i‖ are unit rows. Any pair involving a zero row has cosine 0 (diagonal included,
-    as scikit-learn's ``cosine_similarity`` does); the result is clamped to [−1, 1], and values
-    within ``PARALLEL_TOL`` of ±1 are set to ±1: parallel rows are exactly parallel whatever the
-    float32 rounding of the kernel's GEMM (and whatever their scale).
+    u_i = Δ_i / ‖Δ_i‖ are unit rows (``norms`` = :func:`row_norms` if already computed). Any pair
+    involving a zero row has cosine 0 (diagonal included, as scikit-learn's ``cosine_similarity``
+    does); the result is clamped to [−1, 1], and values within ``PARALLEL_TOL`` of ±1 are set to
+    ±1: parallel rows are exactly parallel whatever the float32 rounding of the kernel's GEMM
+    (and whatever their scale).
     """
-    unit, nonzero = unit_rows(updates)
+    unit, nonzero = unit_rows(updates, row_norms(updates) if norms is None else norms)
     cos = (1.0 - pairwise_sq_distances(unit).to(torch.float64) / 2.0).clamp(-1.0, 1.0)
     cos = torch.where(cos.abs() > 1.0 - PARALLEL_TOL, cos.sign(), cos)
     both = nonzero[:, None] & nonzero[None, :]
@@ -146,7 +171,7 @@ class Flame(Rule):
         check_context(self, updates, context)
         n = updates.shape[0]
         norms = row_norms(updates)
-        distances = (1.0 - cosine_similarity(updates)).clamp(0.0, 2.0)
+        distances = (1.0 - cosine_similarity(updates, norms)).clamp(0.0, 2.0)
         distances = torch.round(distances, decimals=6)  # float32 rounding must not split ties
         distances.fill_diagonal_(0.0)
         size = self.min_cluster_size if self.min_cluster_size is not None else n // 2 + 1
