@@ -13,9 +13,10 @@ trimmed mean order-optimal under heterogeneity (ByzFL implements it as ``NNM(f)`
 
 Back to clients: inner weights w over the mixed vectors map to client weights Aᵀw (the share of
 each client in the result); inner ``accepted`` maps to "contributes to an accepted mixed vector"
-(Aᵀ·accepted > 0) when the inner rule gives no weights, and to Aᵀw > 0 when it does. ``reference``
-and ``client_ids`` pass through (mixed vector i stays client i's slot); a stateful inner rule is
-refused all the same, since its history would record mixtures, not the client's own updates.
+(Aᵀ·accepted > 0) when the inner rule gives no weights, and to Aᵀw > 0 when it does. Only
+``reference`` passes through to the inner rule (the sample counts and the ``gram`` describe the raw
+updates, not the mixtures); a stateful inner rule is refused, since its per-client history would
+record mixtures, not the client's own updates.
 """
 
 from __future__ import annotations
