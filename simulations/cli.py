@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path("results")
+BENCHES = {
+    "aggregators": "simulations.bench_aggregators",  # each module has main(argv) -> int
+    "simulation": "simulations.bench_simulation",
+    "scaling": "simulations.bench_scaling",
+}
 
 EPILOG = """examples:
   fedshield                                   the default benchmark (rules x attacks), ~minutes
@@ -21,7 +26,8 @@ EPILOG = """examples:
   fedshield sweep my.toml --set aggregator=[krum,median] --workers 2
   fedshield report results/default            Markdown + PNG plots
   fedshield list attacks
-  fedshield bench aggregators
+  fedshield bench aggregators                 (also: bench simulation, bench scaling)
+  fedshield findings fltrust results/fltrust-mnist
   fedshield ledger verify run/ledger.jsonl
 """
 
@@ -66,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("all", "rules", "attacks", "datasets", "partitions", "models",
                             "scenarios"))
 
-    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation")
-    p.add_argument("target", choices=("aggregators", "simulation"))
+    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling")
+    p.add_argument("target", choices=tuple(BENCHES))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+
+    p = sub.add_parser("findings", help="check a results directory against a paper's findings "
+                       "(fltrust, bucketing, alie-ipm); see simulations/findings.py")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="e.g. fltrust results/fltrust-mnist")
 
     p = sub.add_parser("ledger", help="round ledger tools")
     lsub = p.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
@@ -78,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["findings"]:  # its own parser, --help included
+        args = argparse.Namespace(command="findings", args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return dispatch(args)
     except ValueError as exc:
@@ -117,13 +131,13 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "list":
         return cmd_list(args.what)
     if command == "bench":
-        if args.target == "aggregators":
-            from simulations.bench_aggregators import main as bench_main
+        import importlib
 
-            return int(bench_main(args.args) or 0)
-        from simulations.bench_simulation import main as bench_sim
+        return int(importlib.import_module(BENCHES[args.target]).main(args.args) or 0)
+    if command == "findings":
+        from simulations.findings import main as findings_main
 
-        return int(bench_sim(args.args) or 0)
+        return int(findings_main(args.args) or 0)
     if command == "ledger":
         return cmd_ledger_verify(args.path)
     raise AssertionError(command)

@@ -45,7 +45,11 @@ class RunResult:
 def sample_clients(cfg: RunConfig, server_round: int) -> list[int]:
     """Partition ids taking part in ``server_round`` (sorted): all of them when
     ``clients_per_round = 0``, else ``random.Random(derive_seed(seed, "sample", round))
-    .sample(ids, k)`` — the draw ``RobustStrategy.configure_train`` makes over node ids."""
+    .sample(ids, k)`` — the draw ``RobustStrategy.configure_train`` makes over node ids.
+
+    Under partial participation the two engines therefore sample the same *positions* but not
+    the same partitions (Flower's node ids are random, not partition ids): engine parity holds
+    for full participation, and statistically otherwise."""
     if cfg.clients_per_round in (0, cfg.num_clients):
         return list(range(cfg.num_clients))
     from tasks.seeding import derive_seed

@@ -167,7 +167,8 @@ def load(spec: str | Path, overrides: list[str] | None = None) -> Scenario:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with ``value`` a TOML value (``3``, ``[1, 2]``, ``{f = 2}``, ``'krum'``);
-    a bare word that is not valid TOML is taken as a string (``aggregator=krum``)."""
+    bare words that are not valid TOML are strings: ``aggregator=krum`` is "krum",
+    ``aggregator=krum,median`` and ``aggregator=[krum,median]`` are ["krum", "median"]."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -176,8 +177,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        # a=b,c → a list of bare words; a=b → the string "b"
-        value = [_bare(v) for v in raw.split(",")] if "," in raw else raw
+        # a=b,c or a=[b,c] → a list of bare words; a=b → the string "b"
+        inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+        value = [_bare(v) for v in inner.split(",")] if "," in raw or inner != raw else raw
     return key, value
 
 

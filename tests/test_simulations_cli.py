@@ -18,7 +18,8 @@ def test_help_is_fast_and_imports_no_torch():
                          env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=60)
     assert out.stdout.strip() == "False False", out.stderr
     for argv in (["--help"], ["run", "--help"], ["report", "--help"], ["bench", "--help"],
-                 ["ledger", "verify", "--help"]):
+                 ["ledger", "verify", "--help"], ["findings", "--help"],
+                 ["bench", "simulation", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0

@@ -68,9 +68,10 @@ def test_auto_f_is_the_nominal_malicious_count_even_without_attack():
 def test_overrides_parse_toml_values_lists_and_dotted_keys():
     data = sc.apply_overrides({"aggregator_params": {"f": 1}}, [
         "rounds=7", "aggregator=krum", "attack=[\"none\", \"alie\"]", "lr=0.1,0.2",
-        "aggregator_params.f=3", "dataset='mnist'"])
+        "aggregator_params.f=3", "dataset='mnist'", "model=[mlp, logreg]", "seed=[3]"])
     assert data == {"rounds": 7, "aggregator": "krum", "attack": ["none", "alie"],
-                    "lr": [0.1, 0.2], "aggregator_params": {"f": 3}, "dataset": "mnist"}
+                    "lr": [0.1, 0.2], "aggregator_params": {"f": 3}, "dataset": "mnist",
+                    "model": ["mlp", "logreg"], "seed": [3]}
     with pytest.raises(ScenarioError, match="must be key=value"):
         sc.parse_override("rounds")
 
