@@ -117,6 +117,24 @@ def test_nnm_uses_the_context_gram():
         aggregators.create("nnm", f=1, inner="median")(x, gram=torch.zeros(2, 2))
 
 
+def test_nnm_passes_only_the_reference_to_the_inner_rule():
+    seen = {}
+
+    class Spy(aggregators.Rule):
+        name = "spy-nnm"
+
+        def __call__(self, updates, **context):
+            seen.update(context)
+            return aggregators.Aggregation(update=updates.mean(dim=0))
+
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    aggregators.create("nnm", f=1, inner=Spy())(
+        x, reference=torch.ones(2), weights=torch.tensor([1.0, 2.0, 3.0]),
+        client_ids=["a", "b", "c"])
+    assert sorted(seen) == ["reference"]
+    assert seen["reference"].tolist() == [1.0, 1.0]
+
+
 def test_nnm_min_clients():
     assert aggregators.create("nnm", f=3, inner="median").min_clients() == 4
     krum = aggregators.create("krum", f=2)
