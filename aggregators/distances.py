@@ -20,8 +20,9 @@ fast float32 GEMM but makes it safe:
    (rows of norm > 1e19) the computation is redone in float64. NaN/Inf input propagates into the
    result, so the finiteness check of the input costs nothing on the normal path.
 
-Cost: one GEMM (n²d flops) plus the in-cache subtraction of the reference row (measured ≈ 1.3-1.6x
-one plain ``X @ X.T`` at n = 20, d = 1e6, where that GEMM is compute-bound).
+Cost: one GEMM (n²d flops, done block by block) plus the in-cache subtraction of the reference
+row: measured 1.3-1.5x one plain (imprecise) ``X @ X.T`` at d = 1e6, more at small d where the
+per-block call overhead shows (``fedshield bench aggregators``).
 """
 
 from __future__ import annotations
