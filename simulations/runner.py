@@ -40,6 +40,15 @@ def limit_threads() -> None:
     torch.set_num_threads(1)
 
 
+def init_worker() -> None:
+    """Worker set-up: one thread; Ctrl-C ends the worker at once, without a traceback (the
+    parent reports the interruption; the cell in flight is lost, as documented)."""
+    import signal
+
+    limit_threads()
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+
 def clean_key(cfg: RunConfig, engine: str) -> str:
     """Id of the attack-free twin of a config (adversary removed), for accuracy drops."""
     twin = cfg.with_updates(attack="none", attack_params={}, malicious_fraction=0.0,
@@ -166,7 +175,7 @@ def _run(todo: list[dict[str, Any]], workers: int,
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=limit_threads) as pool:
+                             initializer=init_worker) as pool:
         pending: set[Future[dict[str, Any]]] = set()
         queue = list(todo)
         try:
@@ -177,7 +186,5 @@ def _run(todo: list[dict[str, Any]], workers: int,
                 for future in finished:
                     finish(future.result())
         except BaseException:
-            for future in pending:
-                future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
