@@ -46,6 +46,7 @@ import torch
 
 from simulations.engine_inline import RunResult
 from tasks.config import RunConfig
+from tasks.datasets import MNIST_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_ENV = {
@@ -103,7 +104,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         home = Path(flwr_home).resolve() if flwr_home else Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
         out_dir = Path(cfg.output_dir).resolve() if cfg.output_dir else home / "out"
-        run_cfg = cfg.with_updates(output_dir=str(out_dir))
+        run_cfg = cfg.with_updates(output_dir=str(out_dir), data_root=_data_root_for_fab(cfg))
         config_file = home / "run_config.toml"
         config_file.write_text(run_config_toml(run_cfg))
         cpus = cpus or min(2, os.cpu_count() or 1)
@@ -252,3 +253,11 @@ def convert_row(row: dict[str, Any], rule_name: str, params: dict[str, Any]) -> 
         "rejected": row.get("rejected"),
         "skipped": row.get("skipped"),
     }
+
+
+def _data_root_for_fab(cfg: RunConfig) -> str:
+    """The FAB carries code only, not the vendored MNIST files: point the apps at this checkout's
+    copy (same files, same fixed normalisation, so both engines see the same data)."""
+    if cfg.dataset == "mnist" and not cfg.data_root:
+        return str(MNIST_DIR)
+    return cfg.data_root

@@ -9,6 +9,7 @@ Dict-valued fields (``aggregator_params``, ``attack_params``) travel as JSON str
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -46,6 +47,8 @@ class RunConfig:
     aggregator: str = "fedavg"
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     root_size: int = 100  # FLTrust root dataset |D0|; used only by rules that need a reference
+    root_bias_class: int = -1  # >= 0: the root set over-samples this class (FLTrust's bias p)
+    root_p: float = 0.0  # probability that a root sample is of root_bias_class
     # adversary
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
@@ -71,13 +74,18 @@ class RunConfig:
                 f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
             )
         if not 0.0 <= self.malicious_fraction < 1.0:
-            raise ConfigError(f"malicious_fraction must be in [0, 1), got {self.malicious_fraction}")
+            raise ConfigError(
+                f"malicious_fraction must be in [0, 1), got {self.malicious_fraction}"
+            )
         if self.num_malicious >= self.num_clients:
             raise ConfigError(
                 f"num_malicious={self.num_malicious} must be < num_clients={self.num_clients}"
             )
-        if self.lr <= 0 or self.server_lr <= 0:
-            raise ConfigError("lr and server_lr must be > 0")
+        for key in ("lr", "server_lr"):
+            if not getattr(self, key) > 0 or math.isinf(getattr(self, key)):
+                raise ConfigError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        if self.root_bias_class >= 0 and not 0.0 < self.root_p <= 1.0:
+            raise ConfigError(f"root_p must be in (0, 1] with root_bias_class, got {self.root_p}")
 
     # --- derived -------------------------------------------------------------------------
     @property
@@ -86,7 +94,8 @@ class RunConfig:
             return 0
         if self.num_malicious >= 0:
             return self.num_malicious
-        return int(round(self.malicious_fraction * self.num_clients))
+        # half rounds up (20 % of 100 -> 20; 50 % of 5 -> 3), unlike round()'s half-to-even
+        return math.floor(self.malicious_fraction * self.num_clients + 0.5)
 
     def malicious_ids(self) -> list[int]:
         """Partition ids of the malicious clients: fixed for the run, chosen by the seed."""
@@ -125,7 +134,8 @@ class RunConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown run config key(s) {unknown}; valid keys: {sorted(names)}")
-        return cls(**{k: _coerce(k, v, cls.__dataclass_fields__[k].default) for k, v in data.items()})
+        defaults = cls.__dataclass_fields__
+        return cls(**{k: _coerce(k, v, defaults[k].default) for k, v in data.items()})
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -161,7 +161,7 @@ def _load_cached(name: str, root: str | None, network: bool) -> Dataset:
         return _load_digits()
     if name == "mnist":
         directory = Path(root) if root else MNIST_DIR
-        return _from_idx_dir("mnist", directory, stats=MNIST_STATS if root is None else None)
+        return _from_idx_dir("mnist", directory, stats=MNIST_STATS)
     if name == "fashion-mnist":
         return _load_fashion_mnist(root)
     if name == "idx":
@@ -305,8 +305,7 @@ def _load_fashion_mnist(root: str | None) -> Dataset:
             "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, MIT licence), or pass "
             "root=<directory with the 4 Fashion-MNIST IDX files> (run config data_root)"
         )
-    stats = FASHION_MNIST_STATS if root is None else None
-    return _from_idx_dir("fashion-mnist", directory, stats=stats)
+    return _from_idx_dir("fashion-mnist", directory, stats=FASHION_MNIST_STATS)
 
 
 # --- npz and Hugging Face ----------------------------------------------------------------------

@@ -150,12 +150,11 @@ def task_key(cfg: RunConfig) -> TaskKey:
 
 
 def _root_bias(cfg: RunConfig) -> dict[str, object]:
-    """FLTrust's root-set bias, read from the optional RunConfig fields ``root_bias_class``
-    (< 0 or absent: unbiased) and ``root_p`` (the probability of that class)."""
-    bias_class = getattr(cfg, "root_bias_class", -1)
-    if bias_class is None or bias_class < 0:
+    """FLTrust's root-set bias: ``root_bias_class`` (< 0: unbiased) drawn with probability
+    ``root_p``."""
+    if cfg.root_bias_class < 0:
         return {}
-    return {"root_bias_class": int(bias_class), "root_p": float(getattr(cfg, "root_p", 0.0))}
+    return {"root_bias_class": cfg.root_bias_class, "root_p": cfg.root_p}
 
 
 def get_task(cfg: RunConfig) -> Task:
