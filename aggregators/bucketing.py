@@ -92,6 +92,11 @@ class Bucketing(Rule):
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The inner rule's need: FLTrust inside a pre-aggregator still needs the root update."""
+        return self._inner.needs_reference
+
     def min_clients(self) -> int:
         """⌈n/s⌉ ≥ the inner rule's minimum ⇔ n ≥ (min − 1)·s + 1."""
         return (self._inner.min_clients() - 1) * self.s + 1

@@ -67,6 +67,11 @@ class NNM(Rule):
         self.inner = self._inner.name
         self.inner_params = self._inner.params()
 
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The inner rule's need: FLTrust inside a pre-aggregator still needs the root update."""
+        return self._inner.needs_reference
+
     def min_clients(self) -> int:
         return max(self.f + 1, self._inner.min_clients())
 

@@ -141,6 +141,18 @@ def test_nnm_min_clients():
     assert aggregators.create("nnm", f=2, inner=krum).min_clients() == krum.min_clients()
 
 
+@pytest.mark.parametrize(("name", "params"), [("bucketing", {"s": 2}), ("nnm", {"f": 1})])
+def test_wrapped_fltrust_still_asks_for_the_reference(name, params):
+    wrapped = aggregators.create(name, inner="fltrust", **params)
+    assert wrapped.needs_reference
+    assert not aggregators.create(name, inner="median", **params).needs_reference
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [1.1, -0.1], [-5.0, 0.0]])
+    agg = wrapped(x, reference=torch.tensor([1.0, 0.0]))
+    assert bool(torch.isfinite(agg.update).all())
+    with pytest.raises(AggregatorError, match="reference"):
+        wrapped(x)
+
+
 # ---------------------------------------------------------------- shared validation
 
 
