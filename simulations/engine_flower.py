@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,7 +114,8 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         flwr = Path(sys.executable).with_name("flwr")
         cmd = [str(flwr), "run", str(app_dir), "--stream", "--run-config", str(config_file),
                "--federation-config", federation]
-        env = flower_env(home, app_dir)
+        ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))  # AF_UNIX paths ≤ 107 B
+        env = flower_env(home, app_dir, ray_tmp)
         output = ""
         try:
             proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True,
@@ -125,6 +127,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
                                     f"{output[-2000:]}") from None
         finally:
             stop_processes(home)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
             if log_path is not None:
                 Path(log_path).write_text(output + _superlink_log(home))
         final_path = out_dir / "final.pt"
@@ -143,18 +146,17 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
                      if cfg.malicious_count else [], seconds=time.perf_counter() - start)
 
 
-def flower_env(home: Path, app_dir: Path = REPO_ROOT) -> dict[str, str]:
+def flower_env(home: Path, app_dir: Path, ray_tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(FLOWER_ENV)
     env["FLWR_HOME"] = str(home)
-    env["RAY_TMPDIR"] = str(home / "ray")
+    env["RAY_TMPDIR"] = str(ray_tmp)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = str(app_dir) + (os.pathsep + env["PYTHONPATH"]
                                           if env.get("PYTHONPATH") else "")
-    (home / "ray").mkdir(exist_ok=True)
     return env
 
 
