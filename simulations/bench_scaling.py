@@ -43,7 +43,9 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -430,6 +432,9 @@ def plot(agg: Sequence[AggPoint], eng: Sequence[EnginePoint], path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(dict.fromkeys([*(p.rule for p in agg), *(p.rule for p in eng)]))
+    cmap = plt.get_cmap("tab20")
+    style = {r: {"color": cmap(i % 20), "marker": "os^Dv<>p"[i % 8]} for i, r in enumerate(names)}
     fig, axes = plt.subplots(2, 2, figsize=(13, 10))
     panels = [
         (axes[0][0], "server step time vs n (fixed d)", "n clients", "n"),
@@ -441,23 +446,23 @@ def plot(agg: Sequence[AggPoint], eng: Sequence[EnginePoint], path: Path) -> Non
                    math.isfinite(p.seconds)]
             if pts:
                 xs = [p.n if sweep == "n" else p.d for p in pts]
-                ax.plot(xs, [p.seconds for p in pts], marker="o", label=rule)
+                ax.plot(xs, [p.seconds for p in pts], label=rule, **style[rule])
         _loglog(ax, title, xlabel, "seconds per call")
     ax = axes[1][0]
     for rule in dict.fromkeys(p.rule for p in eng):
         pts = [p for p in eng if p.rule == rule and p.sweep == "n" and not p.error]
         if pts:
-            ax.plot([p.n for p in pts], [p.round_median for p in pts], marker="o",
-                    label=f"{rule} round")
-            ax.plot([p.n for p in pts], [p.aggregate for p in pts], marker="x", ls="--",
-                    label=f"{rule} aggregate")
+            ax.plot([p.n for p in pts], [p.round_median for p in pts], label=f"{rule} round",
+                    **style[rule])
+            ax.plot([p.n for p in pts], [p.aggregate for p in pts], ls="--",
+                    label=f"{rule} aggregate", **style[rule])
     _loglog(ax, "inline engine: time per round vs n", "n clients", "seconds per round")
     ax = axes[1][1]
     rules = list(dict.fromkeys(p.rule for p in agg))
     for rule in rules:
         pts = [p for p in agg if p.rule == rule and p.sweep == "d" and math.isfinite(p.peak_ratio)]
         if pts:
-            ax.plot([p.d for p in pts], [p.peak_ratio for p in pts], marker="o", label=rule)
+            ax.plot([p.d for p in pts], [p.peak_ratio for p in pts], label=rule, **style[rule])
     eng_mem = [p for p in eng if p.sweep == "n" and math.isfinite(p.held_ratio)]
     if eng_mem:
         ax.plot([p.n * p.d for p in eng_mem], [p.held_ratio for p in eng_mem], "k*-", ms=12,
@@ -535,10 +540,60 @@ def build_parser(prog: str = "fedshield bench scaling") -> argparse.ArgumentPars
                    help="tiny sizes: n 10,30; d 1e4,3e4; digits; models logreg,mlp; 2 rounds")
     p.add_argument("--plot", type=Path, default=Path("bench_scaling.png"), help="PNG output")
     p.add_argument("--json", type=Path, help="also write every point to this file")
+    p.add_argument("--from-json", type=Path,
+                   help="take the timings from a previous --json file (re-measure memory only, "
+                   "unless --no-memory; redraw the tables and the plot)")
     return p
 
 
+def run_memory_child(base: dict[str, Any], agg: list[AggPoint], eng: list[EnginePoint],
+                     calibration: tuple[int, int]) -> None:
+    """Measure memory in a fresh interpreter: in this one, freed heap memory of the timings is
+    resident and would be reused without raising RSS, hiding allocations. The child has the
+    mmap threshold fixed from its start, so every buffer >= 128 KiB is its own mapping."""
+    with tempfile.TemporaryDirectory(prefix="fedshield-bench-mem-") as tmp:
+        path = Path(tmp) / "points.json"
+        path.write_text(json.dumps({"base": base, "calibration": calibration,
+                                    "aggregation": [asdict(p) for p in agg],
+                                    "engine": [asdict(p) for p in eng]}))
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+        subprocess.run([sys.executable, "-m", "simulations.bench_scaling", "--memory-child",
+                        str(path)], env=env, check=True)
+        data = json.loads(path.read_text())
+    for point, done in zip(agg, data["aggregation"], strict=True):
+        point.peak_ratio = done["peak_ratio"]
+    for point, done in zip(eng, data["engine"], strict=True):
+        point.held_ratio, point.peak_ratio = done["held_ratio"], done["peak_ratio"]
+
+
+def memory_child(path: Path) -> int:
+    """The child side of :func:`run_memory_child`: fill the ratios into the points file."""
+    fix_mmap_threshold()
+    data = json.loads(path.read_text())
+    agg = [AggPoint(**p) for p in data["aggregation"]]
+    eng = [EnginePoint(**p) for p in data["engine"]]
+    n, d = data["calibration"]
+    print(f"calibration: 2 buffers of ({n}, {d}) float32 -> peak {calibrate(n, d):.2f} x n·d·4 "
+          "(expected 2.00)", flush=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    measure_aggregation_memory(agg, log)
+    if eng:
+        measure_engine_memory(data["base"], eng, log)
+    data["aggregation"] = [asdict(p) for p in agg]
+    data["engine"] = [asdict(p) for p in eng]
+    path.write_text(json.dumps(data, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--memory-child"] and len(argv) == 2:
+        return memory_child(Path(argv[1]))
     args = build_parser().parse_args(argv)
     if args.quick:
         args.clients, args.dims, args.fixed_d, args.fixed_n = "10,30", "1e4,3e4", 10_000, 10
@@ -566,22 +621,23 @@ def main(argv: list[str] | None = None) -> int:
     base = {"dataset": args.dataset, "model": "mlp", "partition": "iid", "rounds": args.rounds,
             "local_steps": args.local_steps, "eval_every": args.rounds, "min_partition_size": 1,
             "aggregator": "fedavg"}
-    if rules:
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        agg_points = [AggPoint(**p) for p in saved.get("aggregation", [])]
+        eng_points = [EnginePoint(**p) for p in saved.get("engine", [])]
+        clients = sorted({p.n for p in agg_points if p.sweep == "n"}) or clients
+        dims = sorted({p.d for p in agg_points if p.sweep == "d"}) or dims
+        log(f"## timings from {args.from_json} (not re-measured)")
+    if rules and not args.from_json:
         log("## timing the server step")
         agg_points = time_aggregation(rules, _grid(clients, dims, args.fixed_n, args.fixed_d),
                                       args.repeats, args.budget, log)
-    if engine_rules:
+    if engine_rules and not args.from_json:
         log("## timing inline rounds")
         eng_points = time_engine(base, engine_rules, clients, models, args.model_clients, log)
-    memory = not args.no_memory and memory_supported() and fix_mmap_threshold()
-    if memory:
-        log("## memory (after all timings; mmap threshold fixed at 128 KiB)")
-        cal = calibrate(args.fixed_n, max(dims))
-        log(f"calibration: 2 buffers of ({args.fixed_n}, {max(dims)}) float32 -> peak "
-            f"{cal:.2f} x n·d·4 (expected 2.00)")
-        measure_aggregation_memory(agg_points, log)
-        if eng_points:
-            measure_engine_memory(base, eng_points, log)
+    if not args.no_memory and memory_supported():
+        log("## memory (fresh process, MALLOC_MMAP_THRESHOLD_=128 KiB from its start)")
+        run_memory_child(base, agg_points, eng_points, (args.fixed_n, max(dims)))
     elif not args.no_memory:
         log("memory: not measured (needs Linux /proc/self/clear_refs and glibc mallopt)")
     if agg_points:

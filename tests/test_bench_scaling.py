@@ -99,3 +99,21 @@ def test_tiny_aggregation_scaling_run_writes_plot_and_json(tmp_path, capsys):
     } | {(r, "d", 4, d) for r in ("fedavg", "median") for d in (100, 1000)}
     assert all(p["seconds"] > 0 for p in points)
     assert "exponent k_n" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@linux_memory
+def test_memory_is_measured_in_a_fresh_process(tmp_path):
+    """The child process fills a finite peak ratio for a matrix above the 4 MiB floor; an
+    (n, d) copy made by the rule would show as >= 1, FedAvg's mean needs far less than one."""
+    import aggregators
+
+    if "fedavg" not in aggregators.available():
+        pytest.skip("fedavg not registered yet")
+    out = tmp_path / "m.json"
+    code = sc.main(["--part", "aggregation", "--rules", "fedavg", "--clients", "4",
+                    "--dims", "300000", "--fixed-d", "300000", "--fixed-n", "4", "--repeats", "1",
+                    "--plot", str(tmp_path / "m.png"), "--json", str(out)])
+    assert code == 0
+    points = json.loads(out.read_text())["aggregation"]
+    assert all(0.0 <= p["peak_ratio"] < 0.9 for p in points)
