@@ -153,4 +153,7 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
             attacked_cells, "malicious_share", out_dir / f"detection{suffix}.png",
             "malicious share of aggregate", attacked, rules,
             (0.0, min(1.0, max(0.3, 1.15 * peak))))
+        files["detection recall over rounds"] = _per_attack(
+            attacked_cells, "recall", out_dir / f"recall{suffix}.png",
+            "recall (malicious rejected)", attacked, rules, (0.0, 1.05))
     return {name: path for name, path in files.items() if path is not None}

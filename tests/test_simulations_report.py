@@ -70,7 +70,7 @@ def test_report_tables_ranking_and_plots(results):
     assert "| fedavg | 0.0 | 60.0 | 5.0 |" in drop
     assert "Attack success rate" in text and "| fedavg | 90.0 |" in text
     assert "Detection recall" in text
-    for name in ("accuracy.png", "heatmap.png", "asr.png", "detection.png"):
+    for name in ("accuracy.png", "heatmap.png", "asr.png", "detection.png", "recall.png"):
         png = results.root / "plots" / name
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
         assert f"plots/{name}" in text
