@@ -43,8 +43,15 @@ def outlier_scores(sub: torch.Tensor) -> torch.Tensor:
     if peak == 0:
         return torch.zeros(sub.shape[0], dtype=torch.float64)
     centred = centred / peak
-    eigvals, eigvecs = torch.linalg.eigh((centred @ centred.T).to(torch.float64))
-    return eigvals[-1].clamp_min(0.0) * peak**2 * eigvecs[:, -1] ** 2
+    try:
+        eigvals, eigvecs = torch.linalg.eigh((centred @ centred.T).to(torch.float64))
+        top_value, top_vector = eigvals[-1], eigvecs[:, -1]
+    except torch.linalg.LinAlgError:
+        # LAPACK's eigh can fail to converge on near-degenerate Grams (seen with subnormal
+        # entries); the SVD of the centred rows gives the same top pair: λ = σ², u = U[:, 0].
+        u, sigma, _ = torch.linalg.svd(centred.to(torch.float64), full_matrices=False)
+        top_value, top_vector = sigma[0] ** 2, u[:, 0]
+    return top_value.clamp_min(0.0) * peak**2 * top_vector**2
 
 
 def random_columns(updates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

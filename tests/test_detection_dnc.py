@@ -90,3 +90,18 @@ def test_disjoint_iterations_fall_back_to_most_votes():
 def test_bad_parameters_are_named(params, word):
     with pytest.raises(AggregatorError, match=word):
         aggregators.create("dnc", **params)
+
+
+def test_outlier_scores_fall_back_to_svd_when_eigh_does_not_converge(monkeypatch):
+    from aggregators.dnc import outlier_scores
+
+    sub = torch.randn(7, 50, generator=torch.Generator().manual_seed(3))
+    expected = outlier_scores(sub)
+
+    def failing_eigh(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    # the eigh path forms the Gram in float32: agreement to float32 precision of the largest score
+    scale = float(expected.max())
+    torch.testing.assert_close(outlier_scores(sub), expected, rtol=1e-5, atol=1e-6 * scale)
