@@ -328,6 +328,7 @@ class EnginePoint:
     held_ratio: float = math.nan
     peak_ratio: float = math.nan
     error: str = ""
+    eval: float = math.nan  # median eval seconds per round (part of "other")
 
 
 def engine_config(base: dict[str, Any], **changes: Any) -> Any:
@@ -367,7 +368,7 @@ def time_engine(base: dict[str, Any], rules: Sequence[str], clients: Sequence[in
                 continue
             pm = m.phase_median
             points.append(EnginePoint(rule, sweep, n, model, d, m.round_median, pm["train"],
-                                      pm["aggregate"], pm["other"]))
+                                      pm["aggregate"], pm["other"], eval=pm["eval"]))
             log(f"  {rule:10s} n={n:<5d} {model:6s} d={d:<7d} round {m.round_median * 1e3:8.1f} ms"
                 f"  other {100 * m.phase_shares['other']:.1f} %")
     return points
@@ -406,12 +407,13 @@ def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
 
 def engine_tables(points: Sequence[EnginePoint]) -> str:
     rows = [(p.sweep, p.rule, p.n, p.model, p.d, p.round_median * 1e3, p.train * 1e3,
-             p.aggregate * 1e3, p.other * 1e3,
+             p.aggregate * 1e3, p.other * 1e3, p.eval * 1e3,
              100 * p.other / p.round_median if p.round_median else math.nan,
              p.n * p.d * 4 / 2**20, p.held_ratio, p.peak_ratio, p.error[:40])
             for p in points]
     out = [table(["sweep", "rule", "n", "model", "d", "round ms", "train ms", "aggregate ms",
-                  "other ms", "other %", "n·d·4 MiB", "held / n·d·4", "peak / n·d·4", "error"],
+                  "other ms", "of which eval ms", "other %", "n·d·4 MiB", "held / n·d·4",
+                  "peak / n·d·4", "error"],
                  rows)]
     exps = []
     for rule in dict.fromkeys(p.rule for p in points):
