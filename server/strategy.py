@@ -39,7 +39,6 @@ ids never go there).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -66,7 +65,7 @@ from server.validation import (
     validate_replies,
 )
 from tasks.params import ParamLayout, arrayrecord_to_vector, to_arrayrecord
-from tasks.seeding import derive_seed
+from tasks.seeding import seeded_sample
 
 ReferenceFn = Callable[[int, torch.Tensor], torch.Tensor]
 AdversaryFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -169,9 +168,8 @@ class RobustStrategy(FedAvg):
         rnd = server_round + self.round_offset
         nodes = sorted(self._wait_for_nodes(grid))
         size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
-        rng = random.Random(None if self.sample_seed is None
-                            else derive_seed(self.sample_seed, "sample", rnd))
-        sampled = sorted(rng.sample(nodes, size))
+        seed_parts = () if self.sample_seed is None else (self.sample_seed, "sample", rnd)
+        sampled = seeded_sample(nodes, size, *seed_parts)
         log(INFO, "configure_train: sampled %s nodes (out of %s)", len(sampled), len(nodes))
         config["server-round"] = rnd
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

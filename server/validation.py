@@ -266,16 +266,27 @@ def _partition_id_hint(msg: Message, keys: ReplyKeys) -> int | None:
     return None
 
 
+def cap_num_examples(
+    reported: Sequence[float], *, max_num_examples: float | None = None,
+    cap_factor: float | None = 10.0,
+) -> list[float]:
+    """Client-reported sample counts (unverified claims) capped at
+    ``min(max_num_examples, cap_factor · median(reported))``; ``None`` disables either cap."""
+    if not reported:
+        return []
+    cap = math.inf if max_num_examples is None else float(max_num_examples)
+    if cap_factor is not None:
+        cap = min(cap, cap_factor * statistics.median(reported))
+    return [min(float(n), cap) for n in reported]
+
+
 def _cap_num_examples(
     valid: list[ReplyInfo], max_num_examples: float | None, cap_factor: float | None
 ) -> None:
-    if not valid:
-        return
-    cap = math.inf if max_num_examples is None else float(max_num_examples)
-    if cap_factor is not None:
-        cap = min(cap, cap_factor * statistics.median(v.reported_examples for v in valid))
-    for info in valid:
-        info.num_examples = min(info.reported_examples, cap)
+    capped = cap_num_examples([v.reported_examples for v in valid],
+                              max_num_examples=max_num_examples, cap_factor=cap_factor)
+    for info, num_examples in zip(valid, capped, strict=True):
+        info.num_examples = num_examples
 
 
 def count_reasons(rejected: Iterable[Rejection]) -> dict[str, int]:

@@ -20,8 +20,6 @@ Each round yields a metrics row (see :mod:`simulations.metrics` for the definiti
 
 from __future__ import annotations
 
-import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 
 from tasks.config import RunConfig
+from tasks.seeding import seeded_sample
 
 
 @dataclass
@@ -44,25 +43,16 @@ class RunResult:
 
 def sample_clients(cfg: RunConfig, server_round: int) -> list[int]:
     """Partition ids taking part in ``server_round`` (sorted): all of them when
-    ``clients_per_round = 0``, else ``random.Random(derive_seed(seed, "sample", round))
-    .sample(ids, k)`` — the draw ``RobustStrategy.configure_train`` makes over node ids.
+    ``clients_per_round = 0``, else ``tasks.seeding.seeded_sample`` with parts
+    ``(seed, "sample", round)`` — the draw ``RobustStrategy.configure_train`` makes over node ids.
 
     Under partial participation the two engines therefore sample the same *positions* but not
     the same partitions (Flower's node ids are random, not partition ids): engine parity holds
     for full participation, and statistically otherwise."""
     if cfg.clients_per_round in (0, cfg.num_clients):
         return list(range(cfg.num_clients))
-    from tasks.seeding import derive_seed
-
-    rng = random.Random(derive_seed(cfg.seed, "sample", server_round))
-    return sorted(rng.sample(range(cfg.num_clients), cfg.clients_per_round))
-
-
-def capped_weights(num_examples: list[float], cap_factor: float = 10.0) -> torch.Tensor:
-    """Client-reported sample counts capped at ``cap_factor · median`` — the cap
-    ``server.validation`` applies to replies in the ServerApp (weights are unverified claims)."""
-    cap = cap_factor * statistics.median(num_examples)
-    return torch.tensor([min(float(n), cap) for n in num_examples], dtype=torch.float32)
+    return seeded_sample(range(cfg.num_clients), cfg.clients_per_round, cfg.seed, "sample",
+                         server_round)
 
 
 def build_attack(cfg: RunConfig, dataset: Any) -> Any:
@@ -121,6 +111,7 @@ def run_inline(cfg: RunConfig, *,
     from clients.attacks.adversary import apply_model_attack
     from server.aggregation import robust_step
     from server.evaluation import GlobalEvaluator
+    from server.validation import cap_num_examples
     from tasks.seeding import torch_generator
     from tasks.task import get_task
 
@@ -147,7 +138,8 @@ def run_inline(cfg: RunConfig, *,
                                          generator=torch_generator(cfg.seed, "attack", rnd))
         reference = (server_reference(task, global_vec, rnd, cfg)
                      if getattr(rule, "needs_reference", False) else None)
-        weights = capped_weights([r.num_examples for r in replies])
+        weights = torch.tensor(cap_num_examples([r.num_examples for r in replies]),
+                               dtype=torch.float32)
         step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
                            reference=reference, weights=weights, client_ids=pids)
         global_vec = step.new_vec

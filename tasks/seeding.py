@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import random
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -62,3 +65,14 @@ def torch_generator(*parts: int | str) -> torch.Generator:
 def numpy_rng(*parts: int | str) -> np.random.Generator:
     """A numpy ``Generator`` (PCG64) seeded with ``derive_seed(*parts)``."""
     return np.random.default_rng(derive_seed(*parts))
+
+
+T = TypeVar("T")
+
+
+def seeded_sample(population: Sequence[T], k: int, *parts: int | str) -> list[T]:
+    """``k`` distinct members of ``sorted(population)``, returned sorted, drawn by
+    ``random.Random(derive_seed(*parts))`` — the client sampling of both engines (parts
+    ``(seed, "sample", round)``); with no parts the draw is unseeded."""
+    rng = random.Random(derive_seed(*parts) if parts else None)
+    return sorted(rng.sample(sorted(population), k))

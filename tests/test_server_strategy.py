@@ -283,7 +283,7 @@ class TwoNodeGrid:
 
 def test_too_small_federation_fails_with_the_fix_in_the_message():
     strategy = RobustStrategy(Mean(), min_available_nodes=20, node_wait_timeout=0.0)
-    with pytest.raises(StrategyError, match="only 2 nodes connected.*num-supernodes=20"):
+    with pytest.raises(StrategyError, match=r"only 2 nodes connected.*num-supernodes=20"):
         strategy.configure_train(1, global_record(), ConfigRecord(), TwoNodeGrid())
 
 
@@ -304,3 +304,13 @@ def test_seeded_sampling_is_reproducible_and_sorted():
         picks.append([m.metadata.dst_node_id for m in msgs])
         assert msgs[0].content["config"]["server-round"] == 2
     assert picks[0] == picks[1] == sorted(picks[0]) and len(picks[0]) == 3
+
+
+def test_cap_num_examples_hand_computed():
+    from server.validation import cap_num_examples
+
+    # median of (10, 20, 30, 1000) is 25 -> cap 250
+    assert cap_num_examples([10, 20, 30, 1000]) == [10, 20, 30, 250]
+    assert cap_num_examples([10, 20, 30, 1000], max_num_examples=15) == [10, 15, 15, 15]
+    assert cap_num_examples([10, 1000], cap_factor=None) == [10, 1000]
+    assert cap_num_examples([]) == []

@@ -80,3 +80,13 @@ def test_fedavg_on_digits_end_to_end_with_train_many():
         global_vec = global_vec + (weights / weights.sum()) @ (trained.params - global_vec)
     result = evaluate(task.model_from_vector(global_vec), *task.test_data())
     assert result.accuracy > 0.9, result
+
+
+def test_seeded_sample_is_sorted_distinct_and_reproducible():
+    from tasks.seeding import seeded_sample
+
+    first = seeded_sample([9, 3, 7, 1, 5], 3, 0, "sample", 1)
+    assert first == sorted(first) and len(set(first)) == 3 and set(first) <= {1, 3, 5, 7, 9}
+    assert seeded_sample([1, 3, 5, 7, 9], 3, 0, "sample", 1) == first  # input order irrelevant
+    assert any(seeded_sample(range(10), 3, 0, "sample", r) != seeded_sample(range(10), 3, 0,
+               "sample", 1) for r in range(2, 6))
