@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalFederation, descendants
+from server.deploy.local import LocalFederation, descendants
 from server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def _probe_tls(fed: LocalFederation) -> tuple[str, bytes]:
 
 
 def _intruder_key(fed: LocalFederation) -> Path:
-    from deploy.credentials import supernode_keypair
+    from server.deploy.credentials import supernode_keypair
 
     return supernode_keypair(fed.workdir / "keys" / "intruder")
 

@@ -11,7 +11,7 @@ Uses only the ``cryptography`` package (no openssl binary, no download):
 
 Private keys are written with mode 0600. Usage::
 
-    python -m deploy.credentials OUT_DIR --supernodes 3 [--host 127.0.0.1 --host localhost]
+    python -m server.deploy.credentials OUT_DIR --supernodes 3 [--host 127.0.0.1 --host localhost]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def supernode_keypair(path: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.credentials",
+    parser = argparse.ArgumentParser(prog="python -m server.deploy.credentials",
                                      description="TLS certificates and SuperNode keys, offline")
     parser.add_argument("out_dir")
     parser.add_argument("--supernodes", type=int, default=3)

@@ -1,9 +1,9 @@
 """A local Flower deployment with TLS and SuperNode authentication, on 127.0.0.1 only.
 
-What :class:`LocalFederation` does (and ``deploy/start.sh`` / ``deploy/stop.sh`` wrap):
+What :class:`LocalFederation` does (``server/deploy/start.sh`` and ``stop.sh`` wrap it):
 
-1. ``deploy.credentials.generate``: CA, SuperLink certificate (SAN 127.0.0.1/localhost), one ECDSA
-   P-384 key pair per SuperNode — offline, with the ``cryptography`` package;
+1. ``server.deploy.credentials.generate``: CA, SuperLink certificate (SAN 127.0.0.1/localhost),
+   one ECDSA P-384 key pair per SuperNode — offline, with the ``cryptography`` package;
 2. a private ``FLWR_HOME`` whose ``config.toml`` names the connection ``fedshield-tls``
    (``address = "127.0.0.1:<port>"``, ``root-certificates = <ca.crt>``);
 3. ``flower-superlink --host 127.0.0.1 --port P --ssl-ca-certfile ca.crt --ssl-certfile server.pem
@@ -17,7 +17,7 @@ What :class:`LocalFederation` does (and ``deploy/start.sh`` / ``deploy/stop.sh``
 Every process runs under ``timeout -k 5 <seconds>`` in its own process group
 (``start_new_session``), listens on 127.0.0.1, logs to ``<workdir>/logs/``; and
 :meth:`LocalFederation.stop` kills the groups (SIGTERM, then SIGKILL). The pids are also written
-to ``<workdir>/pids`` for ``deploy/stop.sh``.
+to ``<workdir>/pids`` for ``server/deploy/stop.sh``.
 
 Environment given to every process: ``FLWR_HOME``,
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``, ``FLWR_DISABLE_UPDATE_CHECK=1``,
@@ -26,9 +26,9 @@ Environment given to every process: ``FLWR_HOME``,
 
 CLI::
 
-    python -m deploy.local start WORKDIR --supernodes 3 [--malicious 2] [--seconds 900]
-    python -m deploy.local run WORKDIR [APP_DIR] --run-config "aggregator='median' rounds=2"
-    python -m deploy.local stop WORKDIR
+    python -m server.deploy.local start WORKDIR --supernodes 3 [--malicious 2] [--seconds 900]
+    python -m server.deploy.local run WORKDIR [APP_DIR] --run-config "aggregator='median' rounds=2"
+    python -m server.deploy.local stop WORKDIR
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.credentials import Credentials, generate, supernode_keypair
+from server.deploy.credentials import Credentials, generate, supernode_keypair
 
 CONNECTION = "fedshield-tls"
 REPO = Path(__file__).resolve().parent.parent
@@ -291,7 +291,7 @@ def _alive(pid: int) -> bool:
 
 
 def stop_from_pids(workdir: Path) -> int:
-    """Kill the process trees listed in ``workdir/pids`` (for ``deploy/stop.sh``)."""
+    """Kill the process trees listed in ``workdir/pids`` (for ``server/deploy/stop.sh``)."""
     path = Path(workdir) / "pids"
     if not path.exists():
         return 0
@@ -302,7 +302,7 @@ def stop_from_pids(workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local",
+    parser = argparse.ArgumentParser(prog="python -m server.deploy.local",
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start")

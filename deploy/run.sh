@@ -1,8 +1,0 @@
-#!/usr/bin/env bash
-# `flwr run . fedshield-tls --stream --run-config ...` against the federation of deploy/start.sh.
-# Usage: deploy/run.sh WORKDIR "num-clients=3 rounds=2 aggregator='median' output-dir='/abs/out'"
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m deploy.local run "${1:?usage: deploy/run.sh WORKDIR [RUN_CONFIG]}" . \
-  --run-config "${2:-}"
