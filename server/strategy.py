@@ -17,7 +17,7 @@ One round (``aggregate_train``), with θ_t the global model captured in ``config
    model-poisoning stage (never set in a real deployment);
 4. if fewer than ``rule.min_clients()`` valid replies remain, keep θ_t and say so;
 5. FLTrust-style rules (``rule.needs_reference``) get ``reference_fn(round, θ_t)``;
-6. θ_{t+1} = θ_t + η · rule(Δ; weights = capped num-examples, client_ids = node ids)
+6. θ_{t+1} = θ_t + η · rule(Δ; weights = capped num-examples, client_ids = :func:`history_ids`)
    (``server.aggregation.robust_step``);
 7. a ledger row and a checkpoint (when configured), and a round report.
 
@@ -35,6 +35,14 @@ valid replies the rule left out (``accepted[i]`` False, or weight 0), ``accepted
 ``weight`` is the rule's per-client share when it defines one (None for coordinate-wise rules).
 The MetricRecord returned to Flower holds the scalar counts only (Flower averages metric records;
 ids never go there).
+
+Client ids of stateful rules (FoolsGold keeps one history per ``client_ids`` entry): the
+*partition ids* the replies report in ``meta`` when every kept reply reports one and they are
+distinct, else the Flower node ids (:func:`history_ids`). Partition ids are what the inline engine
+passes, so both engines keep the same histories, and they survive a resume: the Flower simulation
+gives the nodes new random node ids when it restarts, which would silently start every history
+afresh. The partition id is client-reported (unverified): in a deployment whose ClientApps do not
+report one, the node ids are used (stable for as long as a SuperNode keeps its identity).
 """
 
 from __future__ import annotations
@@ -225,7 +233,7 @@ class RobustStrategy(FedAvg):
                 step = robust_step(
                     global_vec, updates, self.rule, server_lr=self.server_lr, reference=reference,
                     weights=torch.tensor([i.num_examples for i in kept], dtype=torch.float32),
-                    client_ids=[i.node_id for i in kept],
+                    client_ids=history_ids(kept),
                 )
                 new_vec, agg, seconds = step.new_vec, step.aggregation, step.seconds
             except AggregatorError as exc:
@@ -315,6 +323,15 @@ class RobustStrategy(FedAvg):
         self.round_offset = ckpt.round
         if self.rule.stateful and ckpt.rule_state:
             vars(self.rule).update(ckpt.rule_state)
+
+
+def history_ids(kept: list[ReplyInfo]) -> list[int]:
+    """The rule's ``client_ids`` for the kept replies (row order): their reported partition ids
+    when every one has a partition id and no two share one, else their node ids."""
+    pids = [info.partition_id for info in kept]
+    if pids and None not in pids and len(set(pids)) == len(pids):
+        return [int(p) for p in pids if p is not None]
+    return [info.node_id for info in kept]
 
 
 def _aggregation_order(info: ReplyInfo) -> tuple[bool, int, int]:

@@ -74,16 +74,18 @@ class InProcessGrid:
 
     ``crash_in_round``: raise ``RuntimeError`` when that (1-based, call-count) round is sent,
     simulating a server crash. ``node_config``: extra node_config entries per partition id.
+    ``first_node_id``: node id of partition 0 (a resumed Flower simulation renumbers its nodes).
     """
 
     def __init__(self, run_config: dict[str, Any], num_nodes: int, *,
                  crash_in_round: int | None = None,
-                 node_config: dict[int, dict[str, Any]] | None = None) -> None:
+                 node_config: dict[int, dict[str, Any]] | None = None,
+                 first_node_id: int = 1001) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
         self.run_config = run_config
-        self.nodes = {1001 + i: i for i in range(num_nodes)}
+        self.nodes = {first_node_id + i: i for i in range(num_nodes)}
         self.crash_in_round = crash_in_round
         self.node_config = node_config or {}
         self.calls = 0

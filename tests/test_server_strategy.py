@@ -314,3 +314,16 @@ def test_cap_num_examples_hand_computed():
     assert cap_num_examples([10, 20, 30, 1000], max_num_examples=15) == [10, 15, 15, 15]
     assert cap_num_examples([10, 1000], cap_factor=None) == [10, 1000]
     assert cap_num_examples([]) == []
+
+
+def test_history_ids_are_partition_ids_unless_missing_or_shared():
+    from server.strategy import history_ids
+    from server.validation import ReplyInfo
+
+    def info(node, pid):
+        return ReplyInfo(0, node, pid, False, 10.0, 10.0, None)
+
+    assert history_ids([info(7, 1), info(9, 0)]) == [1, 0]
+    assert history_ids([info(7, 1), info(9, None)]) == [7, 9]  # one reply without a pid
+    assert history_ids([info(7, 1), info(9, 1)]) == [7, 9]  # two replies claim the same pid
+    assert history_ids([]) == []
