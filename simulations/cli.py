@@ -52,13 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("scenario", help="TOML file or preset name (see `fedshield list "
                        "scenarios`)")
-        p.add_argument("--set", dest="overrides", action="append", default=[],
+        # SUPPRESS: the same options given before the subcommand (fedshield --engine flower run
+        # ...) are kept instead of being reset to the subparser's default.
+        p.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS,
                        metavar="KEY=VALUE", help="override a key; a list value (a=[1,2] or "
                        "a=x,y) makes it a sweep axis; dict keys as table.key=value")
-        p.add_argument("--engine", choices=("inline", "flower"), default=None)
-        p.add_argument("--out", type=Path, default=None,
+        p.add_argument("--engine", choices=("inline", "flower"), default=argparse.SUPPRESS)
+        p.add_argument("--out", type=Path, default=argparse.SUPPRESS,
                        help="results directory (default: results/<scenario name>)")
-        p.add_argument("--workers", type=int, default=None, help="parallel cell processes")
+        p.add_argument("--workers", type=int, default=argparse.SUPPRESS,
+                       help="parallel cell processes")
         p.add_argument("--no-report", action="store_true", help="do not write the report")
         p.add_argument("--dry-run", action="store_true",
                        help="list the cells the scenario expands to and exit")

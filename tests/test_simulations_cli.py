@@ -25,6 +25,17 @@ def test_help_is_fast_and_imports_no_torch():
         assert exc.value.code == 0
 
 
+def test_options_before_and_after_the_subcommand_are_the_same():
+    from simulations.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--engine", "flower", "run", "smoke"]).engine == "flower"
+    assert parse(["run", "smoke", "--engine", "flower"]).engine == "flower"
+    assert parse(["run", "smoke"]).engine is None
+    both = parse(["--set", "rounds=2", "--workers", "1", "run", "smoke", "--set", "seed=1"])
+    assert both.overrides == ["rounds=2", "seed=1"] and both.workers == 1
+
+
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path):
     assert main(["run", "smoke", "--set", "bogus=1"]) == 2
     assert "error: unknown scenario key 'bogus'" in capsys.readouterr().err
