@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("scenario", help="TOML file or preset name (see `fedshield list "
                        "scenarios`)")
         # SUPPRESS: the same options given before the subcommand (fedshield --engine flower run
-        # ...) are kept instead of being reset to the subparser's default.
-        p.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS,
+        # ...) are kept instead of being reset to the subparser's default; --set lists add up.
+        p.add_argument("--set", dest="sub_overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a key; a list value (a=[1,2] or "
                        "a=x,y) makes it a sweep axis; dict keys as table.key=value")
         p.add_argument("--engine", choices=("inline", "flower"), default=argparse.SUPPRESS)
@@ -126,6 +126,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run("default", args.overrides, args.engine, args.out, args.workers,
                        report=True)
     if command in ("run", "sweep"):
+        args.overrides = [*args.overrides, *args.sub_overrides]
         if args.dry_run:
             return cmd_dry_run(args.scenario, args.overrides, args.engine)
         return cmd_run(args.scenario, args.overrides, args.engine, args.out, args.workers,

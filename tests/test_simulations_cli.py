@@ -33,7 +33,14 @@ def test_options_before_and_after_the_subcommand_are_the_same():
     assert parse(["run", "smoke", "--engine", "flower"]).engine == "flower"
     assert parse(["run", "smoke"]).engine is None
     both = parse(["--set", "rounds=2", "--workers", "1", "run", "smoke", "--set", "seed=1"])
-    assert both.overrides == ["rounds=2", "seed=1"] and both.workers == 1
+    assert both.overrides == ["rounds=2"] and both.sub_overrides == ["seed=1"]
+    assert both.workers == 1
+
+
+def test_set_before_and_after_the_subcommand_add_up(capsys):
+    assert main(["--set", "seeds=[0, 1]", "run", "smoke", "--set", "rounds=2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 cells" in out and "seed=1" in out
 
 
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path):
