@@ -29,12 +29,15 @@ working directory is the SuperLink's):
 
       {"round": t, "clients": n_valid, "partition_ids": [...], "malicious_in_round": [pids],
        "accepted": [0|1 per valid row] | null, "weights": [float per valid row] | null,
-       "update_norms": [float per valid row], "aggregation_seconds", "train_loss",
+       "update_norms": [float per valid row], "malicious_share", "share_kind",
+       "aggregation_seconds", "train_loss",
        "accuracy", "loss", "asr" (null when not evaluated / no ASR inputs),
        "replies", "valid", "rejected", "rejected_by_reason": {reason: n}, "skipped", "skip_reason",
        "model_hash", "round_seconds", "decisions": [the report's per-client dicts]}
 
   The per-valid-row lists are in aggregation order: sorted by (partition id, node id).
+  ``malicious_share``/``share_kind`` are ``server.shares.malicious_share`` (the inline engine's
+  figure, computed by ``RobustStrategy`` on the round's update matrix).
 - ``final.pt``       ``torch.save`` of the final global vector, a (d,) float32 tensor.
 
 Data: ``flwr run`` ships a FAB with the code only (pyproject ``fab-include``: the vendored MNIST
@@ -216,6 +219,8 @@ def rounds_row(report: dict[str, Any], metrics: dict[str, float | None]) -> dict
         "accepted": [int(c["status"] == "accepted") for c in valid] if has_accept else None,
         "weights": weights if valid and all(w is not None for w in weights) else None,
         "update_norms": [c["update_norm"] for c in valid],
+        "malicious_share": report.get("malicious_share"),
+        "share_kind": report.get("share_kind", "none"),
         "aggregation_seconds": report.get("aggregation_seconds"),
         "train_loss": report.get("train_loss"),
         **metrics,

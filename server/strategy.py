@@ -25,6 +25,7 @@ Round report (``strategy.reports[round]``, also the ledger payload)::
 
     {"round", "rule", "rule_params", "server_lr", "replies", "valid", "accepted", "rejected",
      "rejected_by_reason": {reason: count}, "skipped": bool, "skip_reason": str,
+     "malicious_share", "share_kind",
      "model_hash_before", "model_hash_after", "aggregation_seconds", "train_loss",
      "clients": [{"node_id", "partition_id", "malicious",
                   "status": "accepted"|"excluded"|"rejected", "reason", "weight", "num_examples",
@@ -33,6 +34,9 @@ Round report (``strategy.reports[round]``, also the ledger payload)::
 ``status`` is ``rejected`` for replies dropped by validation (``reason`` set), ``excluded`` for
 valid replies the rule left out (``accepted[i]`` False, or weight 0), ``accepted`` otherwise.
 ``weight`` is the rule's per-client share when it defines one (None for coordinate-wise rules).
+``malicious_share``/``share_kind``: ``server.shares.malicious_share`` of the round on the valid
+rows flagged ``malicious`` in their meta (after the adversary stage; the inline engine's figure);
+None/"none" for a skipped round.
 The MetricRecord returned to Flower holds the scalar counts only (Flower averages metric records;
 ids never go there).
 
@@ -63,6 +67,7 @@ from aggregators import AggregatorError, Rule
 from server.aggregation import robust_step
 from server.checkpoint import Checkpoint, CheckpointStore
 from server.ledger import Ledger, tensor_hash
+from server.shares import malicious_share
 from server.validation import (
     Expected,
     Rejection,
@@ -274,6 +279,11 @@ class RobustStrategy(FedAvg):
                 "status": "rejected", "reason": str(r.reason), "detail": r.detail,
                 "weight": None, "num_examples": None, "update_norm": None, "update_hash": None,
             })
+        share, share_kind = None, "none"
+        if agg is not None:
+            mask = torch.tensor([bool(i.malicious) for i in kept], dtype=torch.bool)
+            share, share_kind = malicious_share(agg, updates, mask, self.rule.name,
+                                                self.rule.params())
         losses = [(i.train_loss, i.num_examples) for i in kept if i.train_loss is not None]
         total = sum(w for _, w in losses)
         return {
@@ -283,6 +293,7 @@ class RobustStrategy(FedAvg):
             "rejected_by_reason": count_reasons(rejected),
             "capped": sum(i.capped for i in kept),
             "skipped": bool(skip), "skip_reason": skip,
+            "malicious_share": share, "share_kind": share_kind,
             "has_accepted": agg is not None and agg.accepted is not None,
             "model_hash_before": tensor_hash(before), "model_hash_after": tensor_hash(after),
             "aggregation_seconds": seconds,

@@ -23,8 +23,8 @@ fedshield's ServerApp (``server.server_app``) and ClientApp (``clients.client_ap
 Every key of the run config must be declared in ``[tool.flwr.app.config]`` of pyproject.toml
 (the SuperLink refuses override keys it does not know); a missing key is a clear error.
 The rows are converted to the inline engine's metric rows (:mod:`simulations.metrics`); the
-coordinate share of median / trimmed mean needs the update matrix, which the ServerApp does not
-write, so it is None here.
+malicious share (coordinate share of median / trimmed mean included) is the one the ServerApp
+computed with ``server.shares.malicious_share``, the inline engine's function.
 """
 
 from __future__ import annotations
@@ -140,8 +140,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         rows = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()
                 if line.strip()]
         final = torch.load(final_path, weights_only=True)
-    rule_name, params = cfg.aggregator, cfg.aggregator_params
-    return RunResult(rounds=[convert_row(r, rule_name, params) for r in rows],
+    return RunResult(rounds=[convert_row(r) for r in rows],
                      final_vector=final, malicious_ids=cfg.malicious_ids()
                      if cfg.malicious_count else [], seconds=time.perf_counter() - start)
 
@@ -216,7 +215,7 @@ def _alive(pid: int) -> bool:
 
 
 # --- rows -----------------------------------------------------------------------------------------
-def convert_row(row: dict[str, Any], rule_name: str, params: dict[str, Any]) -> dict[str, Any]:
+def convert_row(row: dict[str, Any]) -> dict[str, Any]:
     """A ServerApp ``rounds.jsonl`` row as an inline-engine metrics row."""
     from simulations import metrics
 
@@ -225,14 +224,6 @@ def convert_row(row: dict[str, Any], rule_name: str, params: dict[str, Any]) -> 
     mask = torch.tensor([p in bad for p in pids], dtype=torch.bool)
     accepted = row.get("accepted")
     acc = None if accepted is None else torch.tensor([bool(a) for a in accepted])
-    weights = row.get("weights")
-    share, kind = None, "unavailable"
-    if weights is not None and len(weights) == len(pids) and pids:
-        w = torch.tensor(weights, dtype=torch.float64).abs()
-        share = float(w[mask].sum() / w.sum()) if float(w.sum()) > 0 else None
-        kind = "weights"
-    elif acc is not None and int(acc.sum()):
-        share, kind = int((acc & mask).sum()) / int(acc.sum()), "accepted"
     det = metrics.detection(acc, mask) if acc is not None else metrics.detection(None, mask)
     norms = torch.tensor(row.get("update_norms") or [], dtype=torch.float64)
     has = norms.numel() == mask.numel() and norms.numel() > 0
@@ -241,8 +232,8 @@ def convert_row(row: dict[str, Any], rule_name: str, params: dict[str, Any]) -> 
         "clients": row.get("clients", len(pids)),
         "malicious_in_round": sorted(bad),
         "accepted": accepted,
-        "malicious_share": share,
-        "share_kind": kind,
+        "malicious_share": row.get("malicious_share"),
+        "share_kind": row.get("share_kind", "none"),
         "aggregation_seconds": row.get("aggregation_seconds"),
         "update_norm": None,
         "train_loss": row.get("train_loss"),

@@ -9,28 +9,24 @@ Detection (rules that decide per client, i.e. return ``accepted``). The positive
     recall    = TP / (TP + FN)     (None when no malicious client took part)
     FPR       = FP / (FP + TN)     (None when no benign client took part)
 
-Malicious share of the aggregate, defined for every rule (:func:`malicious_share`):
-
-- rules returning ``weights`` w (n,): ``Σ_{i∈M} |w_i| / Σ_i |w_i|``;
-- rules returning only ``accepted``: each accepted client weighs 1/|accepted|, so the share is
-  ``|accepted ∩ M| / |accepted|``;
-- coordinate-wise order-statistic rules (median, trimmed mean) with neither: the **coordinate
-  share**. For coordinate j, sort the n values; the rule's value is the mean of the values at a
-  set of sorted positions S (median: the middle one for odd n, the two middle ones for even n;
-  trimmed mean with f per side: positions f … n−f−1). The share of coordinate j is
-  ``|{i ∈ M : rank_j(i) ∈ S}| / |S|`` and the rule's share is its mean over the d coordinates —
-  the fraction of the aggregate's value mass that came from malicious clients, if each selected
-  value counts equally. Ties are broken by the stable sort (lower client index first).
-- anything else (no weights, no accepted, not coordinate-wise): None.
+Malicious share of the aggregate (``malicious_share``, ``coordinate_share``,
+``coordinate_positions``, ``trimmed_count``): defined in :mod:`server.shares`, the one place both
+engines import it from (the ServerApp writes it into ``rounds.jsonl``); re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+
+from server.shares import (  # noqa: F401  (re-exported: the harness's metrics live here)
+    coordinate_positions,
+    coordinate_share,
+    malicious_share,
+    trimmed_count,
+)
 
 
 def detection(accepted: torch.Tensor | Sequence[bool] | None,
@@ -58,59 +54,6 @@ def detection(accepted: torch.Tensor | Sequence[bool] | None,
 
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
-
-
-def coordinate_positions(rule_name: str, n: int, params: dict[str, Any]) -> list[int] | None:
-    """Sorted positions whose mean is the value of a coordinate-wise rule, or None."""
-    if rule_name == "median":
-        return [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
-    if rule_name == "trimmedmean":
-        f = trimmed_count(n, params)
-        if n - 2 * f < 1:
-            return None
-        return list(range(f, n - f))
-    return None
-
-
-def trimmed_count(n: int, params: dict[str, Any]) -> int:
-    """Values trimmed per side by trimmed mean: ``f``, or ``floor(beta · n)`` if given."""
-    if "f" in params:
-        return int(params["f"])
-    if "beta" in params:
-        return math.floor(float(params["beta"]) * n)
-    return 0
-
-
-def coordinate_share(updates: torch.Tensor, malicious: torch.Tensor,
-                     positions: Sequence[int]) -> float:
-    """Mean over coordinates of the malicious fraction of the values at sorted ``positions``."""
-    mal = torch.as_tensor(malicious, dtype=torch.bool)
-    order = torch.sort(updates, dim=0, stable=True).indices  # (n, d): client index per rank
-    chosen = order[list(positions)]  # (|S|, d)
-    return float(mal[chosen].double().mean())
-
-
-def malicious_share(aggregation: Any, updates: torch.Tensor, malicious: torch.Tensor,
-                    rule_name: str, params: dict[str, Any]) -> tuple[float | None, str]:
-    """(share of the aggregate attributable to malicious clients, how it was computed).
-
-    The second element is "weights", "accepted", "coordinates" or "none"; see the module doc.
-    """
-    mal = torch.as_tensor(malicious, dtype=torch.bool)
-    weights = getattr(aggregation, "weights", None)
-    accepted = getattr(aggregation, "accepted", None)
-    if weights is not None:
-        w = torch.as_tensor(weights, dtype=torch.float64).abs()
-        total = float(w.sum())
-        return (float(w[mal].sum()) / total if total > 0 else None), "weights"
-    if accepted is not None:
-        acc = torch.as_tensor(accepted, dtype=torch.bool)
-        k = int(acc.sum())
-        return (int((acc & mal).sum()) / k if k else None), "accepted"
-    positions = coordinate_positions(rule_name, updates.shape[0], params)
-    if positions is not None:
-        return coordinate_share(updates, mal, positions), "coordinates"
-    return None, "none"
 
 
 def norm_stats(updates: torch.Tensor, malicious: torch.Tensor) -> dict[str, float | None]:

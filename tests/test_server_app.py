@@ -46,6 +46,22 @@ def test_files_and_parity_with_inline_engine(tmp_path):
     assert out[1]["accuracy"] == pytest.approx(inline.rounds[-1]["accuracy"], abs=0.01)
 
 
+@pytest.mark.parametrize("rule, params", [("median", {}), ("trimmedmean", {"beta": 0.2}),
+                                          ("krum", {"f": 1})])
+def test_malicious_share_is_the_inline_engines(tmp_path, rule, params):
+    from simulations.engine_inline import run_inline
+
+    cfg = RunConfig(**{**BASE, "num_clients": 5}, aggregator=rule, aggregator_params=params,
+                    attack="labelflip", num_malicious=2, output_dir=str(tmp_path))
+    serve(cfg)
+    out = rows(tmp_path / "rounds.jsonl")
+    inline = run_inline(cfg.with_updates(output_dir=""))
+    assert [r["share_kind"] for r in out] == [r["share_kind"] for r in inline.rounds]
+    assert out[0]["share_kind"] == ("weights" if rule == "krum" else "coordinates")
+    for mine, theirs in zip(out, inline.rounds, strict=True):
+        assert mine["malicious_share"] == pytest.approx(theirs["malicious_share"], abs=0.01)
+
+
 def test_crash_then_resume_gives_the_uninterrupted_result(tmp_path):
     cfg = RunConfig(**{**BASE, "rounds": 3}, aggregator="trimmedmean",
                     aggregator_params={"f": 1}, output_dir=str(tmp_path / "a"))

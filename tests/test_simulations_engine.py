@@ -72,6 +72,10 @@ def test_inline_and_flower_engines_give_the_same_final_model(tmp_path):
     torch.testing.assert_close(flower.final_vector, inline.final_vector, atol=1e-5, rtol=1e-4)
     assert [r["accuracy"] for r in flower.rounds] == pytest.approx(
         [r["accuracy"] for r in inline.rounds], abs=1e-9)
+    # the ServerApp computes the coordinate share of median with the inline engine's function
+    assert [r["share_kind"] for r in flower.rounds] == ["coordinates"] * 3
+    assert [r["malicious_share"] for r in flower.rounds] == pytest.approx(
+        [r["malicious_share"] for r in inline.rounds], abs=0.01)
     assert (tmp_path / "flower" / "final.pt").exists()
     assert (home / "local-superlink").is_dir()  # the run used this private FLWR_HOME ...
     assert processes_of(home) == []  # ... and left no SuperLink, ServerApp or Ray behind

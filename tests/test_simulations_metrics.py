@@ -81,3 +81,13 @@ def test_norm_stats():
     s = metrics.norm_stats(updates, torch.tensor([True, False, False]))
     assert s == {"norm_benign": pytest.approx(2.0), "norm_malicious": pytest.approx(5.0),
                  "norm_max": pytest.approx(5.0)}
+
+
+def test_trimmed_mean_share_with_beta_params_as_the_rule_reports_them():
+    import aggregators
+
+    # rule.params() holds both keys, the unused one None: beta=0.2 of n=5 trims 1 per side
+    params = aggregators.create("trimmedmean", beta=0.2).params()
+    assert metrics.trimmed_count(5, params) == 1 and metrics.trimmed_count(10, {"f": 3}) == 3
+    assert metrics.coordinate_positions("trimmedmean", 5, params) == [1, 2, 3]
+    assert metrics.trimmed_count(100, {"f": None, "beta": 0.29}) == 29  # 0.29·100 = 28.99…
