@@ -17,7 +17,8 @@ that a sweep can pair each rule with its own parameters::
     aggregator = ["fedavg", { name = "krum", f = "auto" }, { name = "trimmedmean", f = "auto" }]
     attack     = ["none", "labelflip", { name = "alie", z = 1.0 }]
 
-``f = "auto"`` (in ``aggregator_params`` or an aggregator table) resolves to the number of
+``f = "auto"`` (in ``aggregator_params`` or an aggregator table, and in the nested
+``inner_params`` of a pre-aggregator — bucketing, nnm — at any depth) resolves to the number of
 malicious clients the defender is configured to tolerate per round: the scenario's nominal
 malicious count (``num_malicious``, or ``round(malicious_fraction · num_clients)``, whatever the
 attack — so the attack-free cell uses the same rule as the attacked ones), scaled to
@@ -303,9 +304,22 @@ def resolve_config(values: dict[str, Any]) -> RunConfig:
     except ConfigError as exc:
         raise ScenarioError(str(exc)) from None
     params = cfg.aggregator_params
-    if params.get("f") == "auto":
-        cfg = cfg.with_updates(aggregator_params={**params, "f": auto_f(cfg)})
-    return cfg
+    resolved = resolve_auto_f(params, auto_f(cfg))
+    return cfg.with_updates(aggregator_params=resolved) if resolved != params else cfg
+
+
+def resolve_auto_f(params: dict[str, Any], f: int) -> dict[str, Any]:
+    """``params`` with every ``f = "auto"`` set to ``f``: at the top level and in every nested
+    table (``inner_params`` of bucketing / nnm, however deep the composition)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == "f" and value == "auto":
+            out[key] = f
+        elif isinstance(value, dict):
+            out[key] = resolve_auto_f(value, f)
+        else:
+            out[key] = value
+    return out
 
 
 def auto_f(cfg: RunConfig) -> int:

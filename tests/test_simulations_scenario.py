@@ -65,6 +65,21 @@ def test_auto_f_is_the_nominal_malicious_count_even_without_attack():
     assert sampled[0].config.aggregator_params["f"] == 2  # ceil(3 * 10 / 20)
 
 
+def test_auto_f_is_resolved_inside_inner_params_of_pre_aggregators():
+    cells = sc.expand(sc.from_dict({
+        "aggregator": [{"name": "nnm", "f": "auto", "inner": "krum",
+                        "inner_params": {"f": "auto"}},
+                       {"name": "bucketing", "s": 2, "inner": "nnm",
+                        "inner_params": {"f": "auto", "inner": "trimmedmean",
+                                         "inner_params": {"f": "auto"}}}],
+        "num_clients": 20, "num_malicious": 3}))
+    assert cells[0].config.aggregator_params == {"f": 3, "inner": "krum",
+                                                 "inner_params": {"f": 3}}
+    assert cells[1].config.aggregator_params["inner_params"] == {
+        "f": 3, "inner": "trimmedmean", "inner_params": {"f": 3}}
+    sc.validate_components(cells)  # the resolved parameters build the rules
+
+
 def test_overrides_parse_toml_values_lists_and_dotted_keys():
     data = sc.apply_overrides({"aggregator_params": {"f": 1}}, [
         "rounds=7", "aggregator=krum", "attack=[\"none\", \"alie\"]", "lr=0.1,0.2",
