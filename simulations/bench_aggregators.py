@@ -7,7 +7,10 @@ process and the same run:
 
 - floors: one pass ``X.sum(0)`` (any rule reads every value once) and one Gram product ``X @ X.T``
   (what any pairwise-distance rule must pay);
-- every fedshield rule on X (f = n // 5 where the rule takes f; FLTrust gets a fixed reference);
+- every fedshield rule on X (f = n // 5 where the rule takes f; FLTrust gets a fixed reference),
+  the detecting defences included (FLAME, FoolsGold from an empty history, DnC with its default
+  b = 10,000 sampled coordinates, SignGuard, bucketing s = 2 + median, NNM + Krum), which have no
+  Flower counterpart ('—' in the Flower columns);
 - ``stack`` = turning the replies into X once per round (shared by all rules, paid by the server);
 - Flower's ``Krum``, ``MultiKrum`` (m = n − f), ``FedMedian``, ``FedTrimmedAvg`` (β = f/n, the same
   trimming), ``Bulyan`` through their ``aggregate_train`` on fresh copies of the replies (they pop
@@ -60,6 +63,13 @@ RULES: dict[str, tuple[Callable[[int, int], dict[str, Any]], str, str | None]] =
     "fltrust": (lambda n, f: {}, "pass", None),
     "centeredclip": (lambda n, f: {"tau": 1.0}, "pass", None),
     "normclip": (lambda n, f: {"bound": "median"}, "pass", None),
+    # detecting defences and pre-aggregators (issue 9): no Flower 1.42 counterpart
+    "flame": (lambda n, f: {}, "gram", None),
+    "foolsgold": (lambda n, f: {}, "gram", None),
+    "dnc": (lambda n, f: {"f": f}, "pass", None),
+    "signguard": (lambda n, f: {}, "pass", None),
+    "bucketing": (lambda n, f: {"s": 2, "inner": "median"}, "pass", None),
+    "nnm": (lambda n, f: {"f": f, "inner": "krum", "inner_params": {"f": f}}, "gram", None),
 }
 
 
@@ -216,8 +226,11 @@ def format_size(res: SizeResult) -> str:
         fl = res.flower.get(name)
         speed = f"{fl / ms:.1f}×" if fl else ""
         diff = f"{res.diff[name]:.1e}" if name in res.diff else ""
-        lines.append(f"| {name} | {_fmt_ms(ms)} | {ratio:.2f} ({floor}) | {fl_name or ''} | "
-                     f"{_fmt_ms(fl) if fl else ''} | {speed} | {diff} |")
+        if fl_name is None:  # no Flower counterpart
+            fl_cols = "— | — | — | —"
+        else:
+            fl_cols = f"{fl_name} | {_fmt_ms(fl) if fl else ''} | {speed} | {diff}"
+        lines.append(f"| {name} | {_fmt_ms(ms)} | {ratio:.2f} ({floor}) | {fl_cols} |")
     if "stack" in res.ours:
         lines.append(f"| (server) replies → X, once per round | {_fmt_ms(res.ours['stack'])} "
                      "| | | | | |")

@@ -14,6 +14,11 @@ def test_bench_prints_every_rule_flower_and_the_floors(capsys: pytest.CaptureFix
         assert f"| {name} |" in out
     for flower in ("Krum", "MultiKrum", "FedMedian", "FedTrimmedAvg", "Bulyan"):
         assert f"| {flower} |" in out
+    for name in ("flame", "foolsgold", "dnc", "signguard", "bucketing", "nnm"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip(" |").split("|")]
+        assert float(cells[1].replace(",", "")) > 0  # timed
+        assert cells[3:] == ["—"] * 4  # no Flower counterpart
     assert "floor: one pass X.sum(0)" in out and "floor: one Gram X@X.T" in out
     # median and trimmed mean agree with Flower's to float32 rounding on identical replies
     median_row = next(line for line in out.splitlines() if line.startswith("| median |"))
