@@ -78,8 +78,10 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     Models that ``tasks.training.train_many`` vmaps (MLP, logreg: a several-fold speed-up on CPU)
     train all clients at once on the data ``clients.client.local_data`` gives each (poisoned
     for a data attacker), with the same per-client generators as ``client_update``; the
-    delta is then scaled by the attack's boost exactly as ``client_update`` does. Other models
-    call ``client_update`` per client.
+    delta is then scaled by the attack's boost exactly as ``client_update`` does. The template
+    model and the honest clients' data are the Task's per-process caches; the deltas are the
+    rows of ``train_many``'s (K, d) matrix, taken in place (bit-identical to ``params − start``).
+    Other models call ``client_update`` per client.
     """
     from clients.client import ClientUpdate, client_update, local_data
 
@@ -92,14 +94,14 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     data = [local_data(task, pid, rnd, attack=attacks.get(pid), cfg=cfg) for pid in pids]
     gens = [torch_generator(cfg.seed, "client", pid, rnd) for pid in pids]
     start = global_vec.to(torch.float32)
-    result = train_many(task.new_model(), data, task.train_config, gens, start=start)
+    result = train_many(task.template_model(), data, task.train_config, gens, start=start)
+    deltas = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
     out = []
-    for pid, params, stats in zip(pids, result.params, result.stats, strict=True):
-        delta = params - start
+    for pid, delta, stats in zip(pids, deltas, result.stats, strict=True):
         attack = attacks.get(pid)
         boost = getattr(attack, "boost", 1.0) if attack is not None else 1.0
         if boost != 1.0:
-            delta = delta * boost
+            delta.mul_(boost)
         out.append(ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss))
     return out
 

@@ -15,7 +15,8 @@ initial model from ``derive_seed(cfg.seed, "init")``.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -44,11 +45,17 @@ class _Core:
     init_seed: int
     layout: ParamLayout
     initial: torch.Tensor
+    # per-process caches (see Task.template_model / Task.client_data): key -> value
+    cache: dict[object, object] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """What clients train and the server evaluates. Tensors are shared: do not modify them."""
+    """What clients train and the server evaluates. Tensors are shared: do not modify them.
+
+    Cached per process on the shared core (built on first use, then reused by every round):
+    the template model (:meth:`template_model`), :attr:`batched`, each partition's ``(x, y)``
+    (:meth:`client_data`) and the root set (:meth:`root_data`)."""
 
     core: _Core
     train_config: TrainConfig
@@ -72,7 +79,13 @@ class Task:
     @property
     def batched(self) -> bool:
         """Whether ``tasks.training.train_many`` vmaps this model (a speed-up on CPU)."""
-        return supports_batched(self.new_model())
+        return bool(self._cached("batched", lambda: supports_batched(self.template_model())))
+
+    def template_model(self) -> nn.Module:
+        """The task's model with the initial parameters, built once per process and shared: an
+        architecture for ``tasks.training.train_many`` (which neither trains nor changes its
+        template). Do not train or modify it; :meth:`new_model` gives a model to train."""
+        return self._cached("template", self.new_model)  # type: ignore[return-value]
 
     def new_model(self) -> nn.Module:
         """A fresh model with the run's initial parameters (same for a given ``cfg.seed``)."""
@@ -92,19 +105,29 @@ class Task:
         return self.core.initial.clone()
 
     def client_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of partition ``pid`` (new tensors gathered from the train set)."""
+        """(x, y) of partition ``pid``, gathered from the train set on first use and then the same
+        (shared, cached per process) tensors: do not modify them (a data attack poisons copies)."""
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.num_clients:
             raise TaskError(f"partition id must be an int in [0, {self.num_clients}), got {pid!r}")
-        return self._gather(self.core.split.clients[pid])
+        return self._cached(("client", pid),  # type: ignore[return-value]
+                            lambda: self._gather(self.core.split.clients[pid]))
 
     def root_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of FLTrust's root set D0 (disjoint from every client); raises if root_size=0."""
+        """(x, y) of FLTrust's root set D0 (disjoint from every client); raises if root_size=0.
+        Cached and shared like :meth:`client_data`."""
         if len(self.core.split.root) == 0:
             raise TaskError("this task has no root set: set root_size > 0 in the run config")
-        return self._gather(self.core.split.root)
+        build = lambda: self._gather(self.core.split.root)  # noqa: E731
+        return self._cached("root", build)  # type: ignore[return-value]
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.core.dataset.test_x, self.core.dataset.test_y
+
+    def _cached(self, key: object, build: Callable[[], object]) -> object:
+        cache = self.core.cache
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
     def _gather(self, indices: object) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
