@@ -13,6 +13,8 @@ fedshield's ServerApp (``server.server_app``) and ClientApp (``clients.client_ap
            --federation-config "num-supernodes=N client-resources-num-cpus=1 \\
                                 client-resources-num-gpus=0.0 init-args-num-cpus=C"
 
+   (without ``init-args-num-cpus`` when ``RAY_ADDRESS`` names an existing Ray cluster to join)
+
    with ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
    FLWR_TELEMETRY_ENABLED=0``, one torch/BLAS thread per process and ``OMP_WAIT_POLICY=PASSIVE``;
 3. reads ``output_dir/rounds.jsonl`` (the ServerApp's per-round rows) and ``output_dir/final.pt``;
@@ -108,9 +110,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         run_cfg = cfg.with_updates(output_dir=str(out_dir), data_root=_data_root_for_fab(cfg))
         config_file = home / "run_config.toml"
         config_file.write_text(run_config_toml(run_cfg))
-        cpus = cpus or min(2, os.cpu_count() or 1)
-        federation = (f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1 "
-                      f"client-resources-num-gpus=0.0 init-args-num-cpus={cpus}")
+        federation = federation_config(cfg.num_clients, cpus)
         flwr = Path(sys.executable).with_name("flwr")
         cmd = [str(flwr), "run", str(app_dir), "--stream", "--run-config", str(config_file),
                "--federation-config", federation]
@@ -246,6 +246,17 @@ def convert_row(row: dict[str, Any]) -> dict[str, Any]:
         "rejected": row.get("rejected"),
         "skipped": row.get("skipped"),
     }
+
+
+def federation_config(num_supernodes: int, cpus: int | None = None) -> str:
+    """``--federation-config`` of a run: one CPU per ClientApp, and Ray started with ``cpus``
+    CPUs (default: up to 2) — unless ``RAY_ADDRESS`` names an existing Ray cluster, which Ray's
+    ``init`` then joins and which refuses a CPU count (its own resources decide)."""
+    federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
+                  "client-resources-num-gpus=0.0")
+    if os.environ.get("RAY_ADDRESS"):
+        return federation
+    return f"{federation} init-args-num-cpus={cpus or min(2, os.cpu_count() or 1)}"
 
 
 def _data_root_for_fab(cfg: RunConfig) -> str:
