@@ -1,5 +1,6 @@
 """The Flower engine's federation config: local Ray, or joining an existing cluster."""
 
+
 def test_federation_config_joins_an_existing_ray_cluster_without_a_cpu_count(monkeypatch):
     from simulations.engine_flower import federation_config
 
