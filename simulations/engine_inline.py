@@ -71,23 +71,40 @@ def server_reference(task: Any, global_vec: torch.Tensor, server_round: int,
     return reference_update(task, global_vec, server_round, cfg)
 
 
+@dataclass
+class RoundUpdates:
+    """What a round's clients return: ``updates`` (K, d) float32 — row k is the delta of client
+    ``pids[k]``, the matrix the server aggregates (one allocation, no stacked copy) — and the
+    per-client :class:`clients.client.ClientUpdate` whose ``delta`` is a view of that row."""
+
+    updates: torch.Tensor
+    replies: list[Any]
+
+
 def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, cfg: RunConfig,
-                attacks: dict[int, Any]) -> list[Any]:
-    """Every sampled client's :class:`clients.client.ClientUpdate` for the round.
+                attacks: dict[int, Any]) -> RoundUpdates:
+    """Every sampled client's update for the round, as one (K, d) matrix.
 
     Models that ``tasks.training.train_many`` vmaps (MLP, logreg: a several-fold speed-up on CPU)
     train all clients at once on the data ``clients.client.local_data`` gives each (poisoned
     for a data attacker), with the same per-client generators as ``client_update``; the
     delta is then scaled by the attack's boost exactly as ``client_update`` does. The template
-    model and the honest clients' data are the Task's per-process caches; the deltas are the
-    rows of ``train_many``'s (K, d) matrix, taken in place (bit-identical to ``params − start``).
-    Other models call ``client_update`` per client.
+    model and the honest clients' data are the Task's per-process caches; the update matrix is
+    ``train_many``'s (K, d) result itself, turned into deltas in place (bit-identical to
+    ``params − start``). Other models call ``client_update`` per client, each delta written
+    into its row of a preallocated (K, d) matrix.
     """
     from clients.client import ClientUpdate, client_update, local_data
 
     if not task.batched or len(pids) < 2:
-        return [client_update(task, pid, global_vec, rnd, cfg=cfg, attack=attacks.get(pid))
-                for pid in pids]
+        updates = torch.empty(len(pids), task.layout.numel, dtype=torch.float32)
+        replies = []
+        for row, pid in zip(updates, pids, strict=True):
+            reply = client_update(task, pid, global_vec, rnd, cfg=cfg, attack=attacks.get(pid))
+            row.copy_(reply.delta)
+            replies.append(ClientUpdate(delta=row, num_examples=reply.num_examples,
+                                        loss=reply.loss))
+        return RoundUpdates(updates=updates, replies=replies)
     from tasks.seeding import torch_generator
     from tasks.training import train_many
 
@@ -95,76 +112,104 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     gens = [torch_generator(cfg.seed, "client", pid, rnd) for pid in pids]
     start = global_vec.to(torch.float32)
     result = train_many(task.template_model(), data, task.train_config, gens, start=start)
-    deltas = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
-    out = []
-    for pid, delta, stats in zip(pids, deltas, result.stats, strict=True):
+    updates = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
+    replies = []
+    for pid, delta, stats in zip(pids, updates, result.stats, strict=True):
         attack = attacks.get(pid)
         boost = getattr(attack, "boost", 1.0) if attack is not None else 1.0
         if boost != 1.0:
             delta.mul_(boost)
-        out.append(ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss))
-    return out
+        replies.append(ClientUpdate(delta=delta, num_examples=stats.num_examples,
+                                    loss=stats.loss))
+    return RoundUpdates(updates=updates, replies=replies)
+
+
+@dataclass
+class _Run:
+    """What every round of a run shares."""
+
+    cfg: RunConfig
+    task: Any
+    rule: Any
+    data_attack: Any
+    model_attack: Any
+    malicious: set[int]
+    evaluator: Any
 
 
 def run_inline(cfg: RunConfig, *,
                on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Run ``cfg`` to the end in this process and return its rounds and final vector."""
     import aggregators
-    from clients.attacks.adversary import apply_model_attack
-    from server.aggregation import robust_step
     from server.evaluation import GlobalEvaluator
-    from server.validation import cap_num_examples
-    from tasks.seeding import torch_generator
     from tasks.task import get_task
 
     start = time.perf_counter()
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
     attack = build_attack(cfg, task.dataset)
-    data_attack = attack if attack is not None and attack.kind == "data" else None
-    model_attack = attack if attack is not None and attack.kind == "model" else None
-    malicious = set(cfg.malicious_ids()) if attack is not None else set()
-    evaluator = GlobalEvaluator(task, attack)
+    run = _Run(cfg=cfg, task=task, rule=rule,
+               data_attack=attack if attack is not None and attack.kind == "data" else None,
+               model_attack=attack if attack is not None and attack.kind == "model" else None,
+               malicious=set(cfg.malicious_ids()) if attack is not None else set(),
+               evaluator=GlobalEvaluator(task, attack))
     global_vec = task.initial_vector().clone()
     rows: list[dict[str, Any]] = []
     for rnd in range(1, cfg.rounds + 1):
-        t_round = time.perf_counter()
-        pids = sample_clients(cfg, rnd)
-        replies = train_round(task, pids, global_vec, rnd, cfg,
-                              {pid: data_attack for pid in pids if pid in malicious})
-        t_train = time.perf_counter() - t_round
-        updates = torch.stack([r.delta for r in replies]).to(torch.float32).contiguous()
-        mask = torch.tensor([pid in malicious for pid in pids], dtype=torch.bool)
-        if model_attack is not None and bool(mask.any()):
-            updates = apply_model_attack(updates, mask, model_attack, aggregator=rule,
-                                         generator=torch_generator(cfg.seed, "attack", rnd))
-        reference = (server_reference(task, global_vec, rnd, cfg)
-                     if getattr(rule, "needs_reference", False) else None)
-        weights = torch.tensor(cap_num_examples([r.num_examples for r in replies]),
-                               dtype=torch.float32)
-        step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
-                           reference=reference, weights=weights, client_ids=pids)
-        global_vec = step.new_vec
-        row = round_row(rnd, pids, mask, updates, step, rule, replies)
-        row["train_seconds"] = t_train
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            row.update(evaluator(global_vec))
-        row["round_seconds"] = time.perf_counter() - t_round
+        row, global_vec = run_round(run, rnd, global_vec)
         rows.append(row)
         if on_round is not None:
             on_round(row)
-    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(malicious),
+    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(run.malicious),
                      seconds=time.perf_counter() - start)
 
 
+def run_round(run: _Run, rnd: int, global_vec: torch.Tensor) -> tuple[dict[str, Any],
+                                                                       torch.Tensor]:
+    """One round: its metrics row and the new global vector. The round's (n, d) update matrix
+    lives in this frame only, so it is freed before the next round trains."""
+    from clients.attacks.adversary import apply_model_attack
+    from server.aggregation import robust_step
+    from server.validation import cap_num_examples
+    from tasks.seeding import torch_generator
+
+    cfg, rule, malicious = run.cfg, run.rule, run.malicious
+    t_round = time.perf_counter()
+    pids = sample_clients(cfg, rnd)
+    trained = train_round(run.task, pids, global_vec, rnd, cfg,
+                          {pid: run.data_attack for pid in pids if pid in malicious})
+    t_train = time.perf_counter() - t_round
+    updates = trained.updates
+    num_examples = [r.num_examples for r in trained.replies]
+    losses = [r.loss for r in trained.replies]
+    del trained  # the replies' deltas are views of `updates`: keep no other reference
+    mask = torch.tensor([pid in malicious for pid in pids], dtype=torch.bool)
+    if run.model_attack is not None and bool(mask.any()):
+        updates = apply_model_attack(updates, mask, run.model_attack, aggregator=rule,
+                                     generator=torch_generator(cfg.seed, "attack", rnd))
+    reference = (server_reference(run.task, global_vec, rnd, cfg)
+                 if getattr(rule, "needs_reference", False) else None)
+    weights = torch.tensor(cap_num_examples(num_examples), dtype=torch.float32)
+    step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
+                       reference=reference, weights=weights, client_ids=pids)
+    global_vec = step.new_vec
+    row = round_row(rnd, pids, mask, updates, step, rule, losses)
+    row["train_seconds"] = t_train
+    if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+        row.update(run.evaluator(global_vec))
+    row["round_seconds"] = time.perf_counter() - t_round
+    return row, global_vec
+
+
 def round_row(rnd: int, pids: list[int], mask: torch.Tensor, updates: torch.Tensor,
-              step: Any, rule: Any, replies: list[Any]) -> dict[str, Any]:
-    """The per-round metrics that do not need an evaluation pass."""
+              step: Any, rule: Any, losses: list[float]) -> dict[str, Any]:
+    """The per-round metrics that do not need an evaluation pass (``losses``: the clients'
+    mean training losses, in ``pids`` order)."""
     from simulations import metrics
 
     agg = step.aggregation
     share, share_kind = metrics.malicious_share(agg, updates, mask, rule.name, rule.params())
-    benign_losses = [r.loss for r, m in zip(replies, mask.tolist(), strict=True) if not m]
+    benign_losses = [loss for loss, m in zip(losses, mask.tolist(), strict=True) if not m]
     row: dict[str, Any] = {
         "round": rnd,
         "clients": len(pids),

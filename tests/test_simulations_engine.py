@@ -53,7 +53,7 @@ def test_batched_round_equals_client_update_per_client():
     attack = attack_from_config(cfg, task.dataset)
     vec = task.initial_vector()
     attacks = {pid: attack for pid in cfg.malicious_ids()}
-    batched = train_round(task, list(range(6)), vec, 1, cfg, attacks)
+    batched = train_round(task, list(range(6)), vec, 1, cfg, attacks).replies
     for pid, upd in enumerate(batched):
         ref = client_update(task, pid, vec, 1, attack=attacks.get(pid), cfg=cfg)
         assert upd.num_examples == ref.num_examples
