@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -50,11 +51,41 @@ def trimmed_count(n: int, params: dict[str, Any]) -> int:
 
 def coordinate_share(updates: torch.Tensor, malicious: torch.Tensor,
                      positions: Sequence[int]) -> float:
-    """Mean over coordinates of the malicious fraction of the values at sorted ``positions``."""
+    """Mean over coordinates of the malicious fraction of the values at sorted ``positions``
+    (ranks of the stable sort: ties go to the lower client index first).
+
+    0.0 at once when no client is malicious. Otherwise, for contiguous positions lo … hi (every
+    rule here), no full sort: ``np.partition`` gives the lo-th and hi-th values a_j ≤ b_j of
+    each coordinate, and client i's value v is at a selected rank iff a_j < v < b_j, or v equals
+    a_j or b_j and its stable rank ``#(values < v) + #(lower-index clients with value v)`` lies
+    in lo … hi (computed only for the coordinates where a_j ≤ v ≤ b_j holds for more than
+    hi − lo + 1 clients, i.e. where a bound is tied). That is the stable sort's answer exactly
+    (same float result); matrices with NaN, and non-contiguous positions, take the sort.
+    """
     mal = torch.as_tensor(malicious, dtype=torch.bool)
-    order = torch.sort(updates, dim=0, stable=True).indices  # (n, d): client index per rank
-    chosen = order[list(positions)]  # (|S|, d)
-    return float(mal[chosen].double().mean())
+    positions = list(positions)
+    if not bool(mal.any()) or not positions:
+        return 0.0
+    lo, hi = min(positions), max(positions)
+    if (positions != list(range(lo, hi + 1)) or updates.shape[1] == 0
+            or bool(torch.isnan(updates).any())):
+        order = torch.sort(updates, dim=0, stable=True).indices  # (n, d): client index per rank
+        return float(mal[order[positions]].double().mean())
+    x = updates.detach().cpu().numpy()
+    kth = np.partition(x, [lo, hi], axis=0)
+    a, b = kth[lo], kth[hi]  # (d,) the lo-th and hi-th smallest values of each coordinate
+    selected = (x >= a) & (x <= b)
+    tied = np.flatnonzero(selected.sum(axis=0) != hi - lo + 1)  # ties at a bound: resolve them
+    if len(tied):
+        xt, at, bt = x[:, tied], a[tied], b[tied]
+        sel = (xt > at) & (xt < bt)
+        for bound in (at, bt) if hi > lo else (at,):
+            eq = xt == bound
+            rank = (xt < bound).sum(axis=0) + np.cumsum(eq, axis=0) - 1  # stable rank where eq
+            sel |= eq & (rank >= lo) & (rank <= hi)
+        selected[:, tied] = sel
+    count = int(selected[mal.numpy()].sum())
+    return count / (len(positions) * x.shape[1])
 
 
 def malicious_share(aggregation: Any, updates: torch.Tensor, malicious: torch.Tensor,
