@@ -374,6 +374,19 @@ def time_engine(base: dict[str, Any], rules: Sequence[str], clients: Sequence[in
     return points
 
 
+def warm_task_caches(cfg: Any) -> None:
+    """Fill the Task's per-process caches (template model, every partition, the root set) so
+    the memory probe's round-1 baseline already holds them."""
+    from tasks.task import get_task
+
+    task = get_task(cfg)
+    task.template_model()
+    for pid in range(task.num_clients):
+        task.client_data(pid)
+    if len(task.split.root):
+        task.root_data()
+
+
 def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
                           log: Callable[[str], None]) -> None:
     """Held and peak bytes of round 2 for the first rule of each size, in units of n·d·4."""
@@ -387,6 +400,7 @@ def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
         done.add(key)
         cfg = engine_config(base, num_clients=point.n, model=point.model, aggregator=point.rule,
                             rounds=2, eval_every=2)
+        warm_task_caches(cfg)  # the Task's per-process data cache is not a round's memory
         probe = MemoryProbe()
         targets = {"train": (("simulations.engine_inline", "train_round"),
                              ("clients.client", "client_update"),
