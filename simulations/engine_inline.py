@@ -160,6 +160,8 @@ def run_inline(cfg: RunConfig, *,
         rows.append(row)
         if on_round is not None:
             on_round(row)
+        if row["diverged"]:
+            break
     return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(run.malicious),
                      seconds=time.perf_counter() - start)
 
@@ -170,7 +172,7 @@ def run_round(run: _Run, rnd: int, global_vec: torch.Tensor) -> tuple[dict[str, 
     lives in this frame only, so it is freed before the next round trains."""
     from clients.attacks.adversary import apply_model_attack
     from server.aggregation import robust_step
-    from server.validation import cap_num_examples
+    from server.validation import Reason, cap_num_examples
     from tasks.seeding import torch_generator
 
     cfg, rule, malicious = run.cfg, run.rule, run.malicious
@@ -187,18 +189,64 @@ def run_round(run: _Run, rnd: int, global_vec: torch.Tensor) -> tuple[dict[str, 
     if run.model_attack is not None and bool(mask.any()):
         updates = apply_model_attack(updates, mask, run.model_attack, aggregator=rule,
                                      generator=torch_generator(cfg.seed, "attack", rnd))
-    reference = (server_reference(run.task, global_vec, rnd, cfg)
-                 if getattr(rule, "needs_reference", False) else None)
-    weights = torch.tensor(cap_num_examples(num_examples), dtype=torch.float32)
-    step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
-                       reference=reference, weights=weights, client_ids=pids)
-    global_vec = step.new_vec
-    row = round_row(rnd, pids, mask, updates, step, rule, losses)
+    finite = finite_rows(updates)
+    dropped = len(pids) - int(finite.sum())
+    if dropped:
+        keep = finite.tolist()
+        pids = [p for p, k in zip(pids, keep, strict=True) if k]
+        num_examples = [n for n, k in zip(num_examples, keep, strict=True) if k]
+        losses = [loss for loss, k in zip(losses, keep, strict=True) if k]
+        updates, mask = updates[finite], mask[finite]
+    checks = {"rejected": dropped,
+              "rejected_by_reason": {str(Reason.NON_FINITE): dropped} if dropped else {},
+              "skipped": False, "skip_reason": "", "diverged": False}
+    if dropped and len(pids) < rule.min_clients():  # (a round too small as configured raises)
+        checks.update(skipped=True, diverged=not pids,
+                      skip_reason=f"{len(pids)} valid rows, rule {rule.name!r} needs "
+                                  f"{rule.min_clients()}; global model kept")
+        row = {**skipped_row(rnd, pids, mask, losses), **checks}
+    else:
+        reference = (server_reference(run.task, global_vec, rnd, cfg)
+                     if getattr(rule, "needs_reference", False) else None)
+        weights = torch.tensor(cap_num_examples(num_examples), dtype=torch.float32)
+        step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
+                           reference=reference, weights=weights, client_ids=pids)
+        row = {**round_row(rnd, pids, mask, updates, step, rule, losses), **checks}
+        if bool(torch.isfinite(step.new_vec).all()):
+            global_vec = step.new_vec
+        else:
+            row.update(diverged=True, skip_reason="the new global model is not finite; "
+                                                  "last finite model kept, run stopped")
     row["train_seconds"] = t_train
-    if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+    if rnd % cfg.eval_every == 0 or rnd == cfg.rounds or row["diverged"]:
         row.update(run.evaluator(global_vec))
     row["round_seconds"] = time.perf_counter() - t_round
     return row, global_vec
+
+
+def finite_rows(updates: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: which rows hold no NaN/±Inf — one pass, no (n, d) temporary (a float64 sum of
+    float32 values cannot overflow, so it is finite iff every value is; as
+    ``server.validation.stack_updates``)."""
+    if updates.numel() == 0:
+        return torch.ones(updates.shape[0], dtype=torch.bool)
+    return torch.isfinite(updates.sum(dim=1, dtype=torch.float64))
+
+
+def skipped_row(rnd: int, pids: list[int], mask: torch.Tensor,
+                losses: list[float]) -> dict[str, Any]:
+    """The metrics row of a round that aggregated nothing (too few valid rows)."""
+    benign_losses = [loss for loss, m in zip(losses, mask.tolist(), strict=True) if not m]
+    return {
+        "round": rnd, "clients": len(pids),
+        "malicious_in_round": [p for p, m in zip(pids, mask.tolist(), strict=True) if m],
+        "accepted": None, "malicious_share": None, "share_kind": "none",
+        "aggregation_seconds": None, "update_norm": None,
+        "train_loss": sum(benign_losses) / len(benign_losses) if benign_losses else None,
+        "accuracy": None, "loss": None, "asr": None,
+        "precision": None, "recall": None, "fpr": None,
+        "norm_benign": None, "norm_malicious": None, "norm_max": None,
+    }
 
 
 def round_row(rnd: int, pids: list[int], mask: torch.Tensor, updates: torch.Tensor,

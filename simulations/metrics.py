@@ -93,11 +93,14 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> dict[str, A
 
     final_* is the last evaluated round; rounds_to_target the first round whose accuracy
     reaches ``target_accuracy`` (None if never); detection and share are means over rounds.
+    ``diverged`` is True when a row says the run diverged (``diverged_round``: its round); the
+    final_* values are then those of the last finite model, evaluated in that row.
     """
     acc = _series(rows, "accuracy")
     loss = _series(rows, "loss")
     asr = _series(rows, "asr")
     reached = [r for r, a in acc if a >= target_accuracy]
+    diverged = [int(r["round"]) for r in rows if r.get("diverged")]
     return {
         "final_accuracy": acc[-1][1] if acc else None,
         "best_accuracy": max(a for _, a in acc) if acc else None,
@@ -112,6 +115,8 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> dict[str, A
         "malicious_share": _mean(r.get("malicious_share") for r in rows),
         "aggregation_seconds": _mean(r.get("aggregation_seconds") for r in rows),
         "rounds": len(rows),
+        "diverged": bool(diverged),
+        "diverged_round": diverged[0] if diverged else None,
     }
 
 

@@ -6,6 +6,12 @@ false-positive rate (rules that accept/reject clients), malicious share of the a
 ranked by their worst-case accuracy over the attacks. When a sweep varies other keys as well
 (``alpha``, ``malicious_fraction``, ...), there is one section per combination of them.
 
+A cell whose run diverged (``summary.diverged``: the global model became non-finite, see
+:mod:`simulations.engine_inline`) is kept: its values are those of the last finite model and
+every table marks it ``(div k/n)`` — k of the slot's n seeds diverged — or shows ``div`` when
+the metric has no value. Stored cells are read through :func:`cell_config` (RunConfig defaults
+for keys written before a field existed).
+
 Plots (matplotlib, Agg): accuracy per round per rule under each attack; a rule × attack heatmap
 of final accuracy; ASR bars; malicious share of the aggregate over rounds.
 """
@@ -15,11 +21,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from simulations import metrics
 from simulations.store import ResultsStore, atomic_write
+from tasks.config import RunConfig
 
 IGNORED_AXES = {"aggregator", "aggregator_params", "attack", "attack_params", "seed", "output_dir"}
 
@@ -29,6 +38,17 @@ class ReportError(ValueError):
 
 
 # --- grouping ------------------------------------------------------------------------------------
+@cache
+def _config_defaults() -> dict[str, Any]:
+    return asdict(RunConfig())
+
+
+def cell_config(cell: dict[str, Any]) -> dict[str, Any]:
+    """A stored cell's config with every RunConfig field: keys the cell lacks (written before the
+    field was added) take the RunConfig default. The one place the report reads a config."""
+    return {**_config_defaults(), **cell["config"]}
+
+
 def _ordered(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
@@ -37,8 +57,9 @@ def varying_keys(cells: list[dict[str, Any]]) -> list[str]:
     """Config keys (besides rule, attack and seed) that differ between cells."""
     if not cells:
         return []
-    keys = [k for k in cells[0]["config"] if k not in IGNORED_AXES]
-    return [k for k in keys if len({repr(c["config"].get(k)) for c in cells}) > 1]
+    configs = [cell_config(c) for c in cells]
+    keys = [k for k in configs[0] if k not in IGNORED_AXES]
+    return [k for k in keys if len({repr(c[k]) for c in configs}) > 1]
 
 
 def groups(cells: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -46,7 +67,8 @@ def groups(cells: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]
     keys = varying_keys(cells)
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for cell in cells:
-        title = ", ".join(f"{k}={cell['config'][k]}" for k in keys) or "all cells"
+        config = cell_config(cell)
+        title = ", ".join(f"{k}={config[k]}" for k in keys) or "all cells"
         out[title].append(cell)
     return list(out.items())
 
@@ -66,11 +88,19 @@ class Grid:
         self.rules = _ordered(c["rule"] for c in cells)
         self.attacks = _ordered(c["attack"] for c in cells)
         raw: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.cells: dict[tuple[str, str], int] = defaultdict(int)
+        self.diverged: dict[tuple[str, str], int] = defaultdict(int)
         for cell in cells:
+            key = (cell["rule"], cell["attack"])
+            self.cells[key] += 1
+            self.diverged[key] += bool(cell.get("summary", {}).get("diverged"))
             v = value(cell)
             if v is not None:
-                raw[(cell["rule"], cell["attack"])].append(float(v))
+                raw[key].append(float(v))
         self.stats = {k: _stats(v) for k, v in raw.items()}
+
+    def _shown(self, rule: str, attack: str) -> bool:
+        return (rule, attack) in self.stats or self.diverged.get((rule, attack), 0) > 0
 
     def mean(self, rule: str, attack: str) -> float | None:
         s = self.stats.get((rule, attack))
@@ -78,19 +108,22 @@ class Grid:
 
     def cell_text(self, rule: str, attack: str, pct: bool = False) -> str:
         s = self.stats.get((rule, attack))
+        diverged = self.diverged.get((rule, attack), 0)
         if s is None:
-            return "—"
+            return "div" if diverged else "—"
         scale = 100.0 if pct else 1.0
         text = f"{s[0] * scale:.1f}" if pct else f"{s[0]:.3f}"
         if s[1] > 0:
             text += f" ± {s[1] * scale:.1f}" if pct else f" ± {s[1]:.3f}"
+        if diverged:
+            text += f" (div {diverged}/{self.cells[(rule, attack)]})"
         return text
 
     def markdown(self, pct: bool = False, rules: list[str] | None = None) -> str:
         """Rule × attack table; rows and columns without any value are left out."""
         rules = [r for r in (rules or self.rules)
-                 if any((r, a) in self.stats for a in self.attacks)]
-        attacks = [a for a in self.attacks if any((r, a) in self.stats for r in self.rules)]
+                 if any(self._shown(r, a) for a in self.attacks)]
+        attacks = [a for a in self.attacks if any(self._shown(r, a) for r in self.rules)]
         head = "| rule | " + " | ".join(attacks) + " |"
         sep = "|---|" + "---:|" * len(attacks)
         body = ["| " + r + " | " + " | ".join(self.cell_text(r, a, pct) for a in attacks)
@@ -169,8 +202,8 @@ def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, s
 
 
 def scenario_notes(cells: list[dict[str, Any]]) -> str:
-    cfg = cells[0]["config"]
-    seeds = sorted({c["config"]["seed"] for c in cells})
+    cfg = cell_config(cells[0])
+    seeds = sorted({cell_config(c)["seed"] for c in cells})
     mal = cfg.get("num_malicious", -1)
     mal_text = str(mal) if mal >= 0 else f"{cfg.get('malicious_fraction', 0):.0%}"
     return (f"dataset **{cfg['dataset']}**, model **{cfg['model']}**, partition "
@@ -203,6 +236,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
               "(or source-class) test inputs classified as the attacker's target; detection "
               "treats a rejected client as flagged (positive = malicious); malicious share = "
               "weight of malicious clients in the aggregate (coordinate share for median / "
-              "trimmed mean; see simulations/metrics.py)."]
+              "trimmed mean; see simulations/metrics.py); (div k/n) = k of the n seeds "
+              "diverged (non-finite global model): their values are the last finite model's."]
     atomic_write(out_path, "\n".join(parts) + "\n")
     return out_path

@@ -37,7 +37,7 @@ from typing import Any
 INDEX_FIELDS = (
     "id", "scenario", "engine", "rule", "attack", "seed", "final_accuracy", "best_accuracy",
     "final_asr", "accuracy_drop", "rounds_to_target", "precision", "recall", "fpr",
-    "malicious_share", "aggregation_seconds", "seconds",
+    "malicious_share", "aggregation_seconds", "seconds", "diverged", "diverged_round",
 )
 
 
