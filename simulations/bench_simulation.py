@@ -479,7 +479,7 @@ def build_config(args: argparse.Namespace, rule: str | None = None) -> Any:
 # Output
 # --------------------------------------------------------------------------------------------
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-markdown table (pasted as is into docs/PERFORMANCE.md)."""
+    """A GitHub-markdown table (pasted as is into simulations/PERFORMANCE.md)."""
 
     def cell(value: Any) -> str:
         if isinstance(value, float):

@@ -100,7 +100,7 @@ def test_smoke_sweep_runs_and_the_checker_reads_it(tmp_path, capsys):
         "fang-ordering",
     ]
     # every cell exists, so no finding may be "missing"; whether they hold at this size is not
-    # asserted (docs/REPRODUCTION.md reports it)
+    # asserted (simulations/REPRODUCTION.md reports it)
     assert all(r["status"] in ("holds", "FAILS") for r in rows)
     assert status == (0 if all(r["status"] == "holds" for r in rows) else 1)
     results = fd.Results(fd.load_cells(tmp_path))
