@@ -11,12 +11,12 @@ This module uses only ``tasks`` (no client code): the server does not run client
 from __future__ import annotations
 
 import torch
-from tasks.task import Task
-from tasks.training import train
 
 from tasks.config import RunConfig
 from tasks.params import flatten, load_vector
 from tasks.seeding import torch_generator
+from tasks.task import Task
+from tasks.training import train
 
 
 class ReferenceError(ValueError):
@@ -32,7 +32,7 @@ def reference_update(task: Task, global_vec: torch.Tensor, server_round: int,
             "the aggregator needs a reference update but the root dataset is empty; "
             "set root_size > 0"
         )
-    model = task.new_model()
+    model = task.scratch_model("reference")  # every parameter is overwritten just below
     load_vector(model, global_vec)
     generator = torch_generator(cfg.seed, "server", server_round)
     train(model, x, y, task.train_config, generator=generator)

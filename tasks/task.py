@@ -87,6 +87,11 @@ class Task:
         template). Do not train or modify it; :meth:`new_model` gives a model to train."""
         return self._cached("template", self.new_model)  # type: ignore[return-value]
 
+    def scratch_model(self, role: str) -> nn.Module:
+        """A model owned by ``role`` (e.g. the server's root-set training), built once per process
+        and reused: the caller overwrites its parameters (``load_vector``) before each use."""
+        return self._cached(f"scratch:{role}", self.new_model)  # type: ignore[return-value]
+
     def new_model(self) -> nn.Module:
         """A fresh model with the run's initial parameters (same for a given ``cfg.seed``)."""
         ds = self.core.dataset

@@ -51,3 +51,21 @@ def test_client_and_root_data_are_gathered_once_with_the_partition_values(monkey
     assert other.client_data(1)[1].data_ptr() == task.client_data(1)[1].data_ptr()
     assert len(gathers) == task.num_clients + 1
     clear_cache()
+
+
+def test_scratch_model_is_built_once_per_role_and_reference_reuses_it():
+    import torch
+
+    from server.reference import reference_update
+    from tasks.config import RunConfig
+    from tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=4, root_size=50)
+    task = get_task(cfg)
+    model = task.scratch_model("reference")
+    assert task.scratch_model("reference") is model
+    assert task.scratch_model("other") is not model
+    vec = task.initial_vector()
+    first = reference_update(task, vec, 1, cfg)
+    again = reference_update(task, vec, 1, cfg)  # same start, same seed: same reference
+    assert torch.equal(first, again) and task.scratch_model("reference") is model
