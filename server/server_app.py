@@ -33,7 +33,8 @@ working directory is the SuperLink's):
        "aggregation_seconds", "train_loss",
        "accuracy", "loss", "asr" (null when not evaluated / no ASR inputs),
        "replies", "valid", "rejected", "rejected_by_reason": {reason: n}, "skipped", "skip_reason",
-       "model_hash", "round_seconds", "decisions": [the report's per-client dicts]}
+       "diverged" (server.strategy: the last finite model kept), "model_hash", "round_seconds",
+       "decisions": [the report's per-client dicts]}
 
   The per-valid-row lists are in aggregation order: sorted by (partition id, node id).
   ``malicious_share``/``share_kind`` are ``server.shares.malicious_share`` (the inline engine's
@@ -228,6 +229,7 @@ def rounds_row(report: dict[str, Any], metrics: dict[str, float | None]) -> dict
         "rejected": report.get("rejected"),
         "rejected_by_reason": report.get("rejected_by_reason", {}),
         "skipped": report.get("skipped"), "skip_reason": report.get("skip_reason", ""),
+        "diverged": report.get("diverged", False),
         "model_hash": report.get("model_hash_after"),
         "decisions": report.get("clients", []),
     }

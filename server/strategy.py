@@ -21,10 +21,15 @@ One round (``aggregate_train``), with θ_t the global model captured in ``config
    (``server.aggregation.robust_step``);
 7. a ledger row and a checkpoint (when configured), and a round report.
 
+Divergence (:func:`diverged_round`): when θ_{t+1} is not finite, or every reply was dropped as
+``non-finite`` (no client can train from θ_t), the round is ``diverged``: θ_t is kept (skipped
+round). The run is *not* stopped early — the remaining rounds repeat from the last finite model —
+but the rows say ``diverged`` and the final model is the last finite one (the inline engine stops).
+
 Round report (``strategy.reports[round]``, also the ledger payload)::
 
     {"round", "rule", "rule_params", "server_lr", "replies", "valid", "accepted", "rejected",
-     "rejected_by_reason": {reason: count}, "skipped": bool, "skip_reason": str,
+     "rejected_by_reason": {reason: count}, "skipped": bool, "skip_reason": str, "diverged": bool,
      "malicious_share", "share_kind",
      "model_hash_before", "model_hash_after", "aggregation_seconds", "train_loss",
      "clients": [{"node_id", "partition_id", "malicious",
@@ -70,6 +75,7 @@ from server.ledger import Ledger, tensor_hash
 from server.shares import malicious_share
 from server.validation import (
     Expected,
+    Reason,
     Rejection,
     ReplyInfo,
     ReplyKeys,
@@ -243,10 +249,14 @@ class RobustStrategy(FedAvg):
                 new_vec, agg, seconds = step.new_vec, step.aggregation, step.seconds
             except AggregatorError as exc:
                 skip = f"aggregation failed: {exc}; global model kept"
+        diverged = diverged_round(replies, kept, rejected, new_vec)
+        if diverged and not skip:
+            new_vec, skip = global_vec, "the new global model is not finite; global model kept"
         if skip:
             log(WARNING, "round %s: %s", rnd, skip)
         report = self._report(rnd, replies, kept, rejected, updates, agg, skip, seconds,
                               global_vec, new_vec)
+        report["diverged"] = diverged
         self._record(rnd, report, new_vec)
         arrays = None if skip else to_arrayrecord(new_vec, layout)
         return arrays, self._metrics(report)
@@ -334,6 +344,14 @@ class RobustStrategy(FedAvg):
         self.round_offset = ckpt.round
         if self.rule.stateful and ckpt.rule_state:
             vars(self.rule).update(ckpt.rule_state)
+
+
+def diverged_round(replies: list[Message], kept: list[ReplyInfo], rejected: list[Rejection],
+                   new_vec: torch.Tensor) -> bool:
+    """The round diverged: θ_{t+1} is not finite, or every reply was dropped as non-finite."""
+    all_non_finite = bool(replies) and not kept and bool(rejected) and all(
+        r.reason == Reason.NON_FINITE for r in rejected)
+    return all_non_finite or not bool(torch.isfinite(new_vec).all())
 
 
 def history_ids(kept: list[ReplyInfo]) -> list[int]:

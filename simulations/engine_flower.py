@@ -245,6 +245,7 @@ def convert_row(row: dict[str, Any]) -> dict[str, Any]:
         "round_seconds": row.get("round_seconds"),
         "rejected": row.get("rejected"),
         "skipped": row.get("skipped"),
+        "diverged": row.get("diverged", False),
     }
 
 
