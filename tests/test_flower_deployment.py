@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.deploy.local import LocalFederation, descendants
+from server.deploy.local import LocalFederation, descendants, is_alive
 from server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_tls_authenticated_deployment_two_rounds_of_median(tmp_path):
     # the SuperLink speaks TLS with our CA's certificate, and refuses plaintext HTTP
     assert tls_version.startswith("TLS")
     assert not plain_reply.startswith(b"HTTP/1.1 200")
-    assert not [p for p in descendants(started) if _alive(p)]
+    assert not [p for p in descendants(started) if is_alive(p)]
 
 
 def _probe_tls(fed: LocalFederation) -> tuple[str, bytes]:
@@ -77,11 +77,3 @@ def _intruder_key(fed: LocalFederation) -> Path:
     from server.deploy.credentials import supernode_keypair
 
     return supernode_keypair(fed.workdir / "keys" / "intruder")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -278,11 +278,12 @@ def kill_trees(pids: list[int], grace: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 0)
-        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+        while time.monotonic() < deadline and any(is_alive(p) for p in victims):
             time.sleep(0.1)
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
