@@ -62,8 +62,7 @@ def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
         return None
     from clients.attacks import attack_from_config
 
-    attack = attack_from_config(cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1),
-                                dataset)
+    attack = attack_from_config(cfg, dataset, at_least_one=True)
     return attack if attack.kind == "data" else None
 
 

@@ -107,8 +107,7 @@ def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
         return None
     from clients.attacks import attack_from_config  # simulation-only dependency, lazily
 
-    return attack_from_config(cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1),
-                              dataset)
+    return attack_from_config(cfg, dataset, at_least_one=True)
 
 
 def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Tensor:

@@ -4,7 +4,7 @@ aggregator and aggregation-step code as the Flower ServerApp/ClientApp.
 One round ``t`` (1-based, as Flower's ``server_round``):
 
 1. sample the round's clients — all of them when ``clients_per_round = 0``, else
-   ``numpy_rng(seed, "sample", t).choice(num_clients, k, replace=False)``, sorted;
+   ``tasks.seeding.seeded_sample(range(num_clients), k, seed, "sample", t)`` (sorted);
 2. every sampled client runs :func:`clients.client.client_update` (honest training, or training
    on its poisoned data for a data attack), seeded by ``(seed, "client", pid, t)``;
 3. a model attack rewrites the malicious rows through the colluding adversary stage

@@ -82,3 +82,16 @@ def test_attack_from_config_passes_the_round_context():
     assert attack_from_config(cfg, ds).boost == 5.0  # 10 per round, 2 of them malicious
     assert attack_from_config(RunConfig(attack="none"), ds) is None
     assert attack_from_config(RunConfig(attack="alie", malicious_fraction=0.0), ds) is None
+
+
+def test_attack_from_config_at_least_one_builds_for_node_chosen_attackers():
+    from clients.attacks import attack_from_config
+    from tasks.config import RunConfig
+    from tasks.datasets import load_dataset
+
+    cfg = RunConfig(dataset="digits", num_clients=5, attack="scaling")  # no malicious count
+    dataset = load_dataset("digits")
+    assert attack_from_config(cfg, dataset) is None
+    attack = attack_from_config(cfg, dataset, at_least_one=True)
+    assert attack is not None and attack.name == "scaling" and attack.boost == 5  # λ = n
+    assert attack_from_config(cfg.with_updates(attack="none"), dataset, at_least_one=True) is None

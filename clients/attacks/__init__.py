@@ -58,14 +58,23 @@ def create_attack(
     return cls(**{k: v for k, v in context.items() if k in accepted}, **params)
 
 
-def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | None:
+def attack_from_config(cfg: Any, dataset: Any, *,
+                       at_least_one: bool = False) -> DataAttack | ModelAttack | None:
     """The attack of a :class:`tasks.config.RunConfig` on a :class:`tasks.datasets.Dataset`, or
     None (``attack="none"`` or no malicious client). Passes the context ``boost="auto"`` / ``"n"``
     need: num_clients = clients aggregated per round (``clients_per_round`` or ``num_clients``) and
     num_malicious = the malicious share of them (``malicious_count`` scaled to a round, ≥ 1), so
-    "auto" = n / m and "n" = n of the round."""
-    if cfg.attack == "none" or cfg.malicious_count == 0:
+    "auto" = n / m and "n" = n of the round.
+
+    ``at_least_one``: when the run config names no malicious client (in a deployment a node's
+    ``--node-config malicious=true`` decides), build the attack as if one client were malicious.
+    """
+    if cfg.attack == "none":
         return None
+    if cfg.malicious_count == 0:
+        if not at_least_one:
+            return None
+        cfg = cfg.with_updates(num_malicious=1)
     per_round, num_malicious = round_counts(cfg)
     return create_attack(
         cfg.attack, num_classes=dataset.num_classes, low=dataset.low, high=dataset.high,
