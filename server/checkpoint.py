@@ -73,16 +73,7 @@ class CheckpointStore:
             "meta": dict(ckpt.meta),
         }
         target = self.path_for(ckpt.round)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(payload, target)
         for old in self.rounds()[: -self.keep]:
             self.path_for(old).unlink(missing_ok=True)
         return target
@@ -129,3 +120,18 @@ def check_compatible(
         raise CheckpointError(
             f"checkpoint is at round {ckpt.round} but the run has rounds={rounds}"
         )
+
+
+def atomic_torch_save(obj: Any, target: Path) -> None:
+    """``torch.save`` to ``target`` atomically: a temp file in the same directory, fsync'd, then
+    ``os.replace`` — a crash leaves the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -71,7 +71,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 import aggregators
-from server.checkpoint import CheckpointStore, check_compatible
+from server.checkpoint import CheckpointStore, atomic_torch_save, check_compatible
 from server.evaluation import GlobalEvaluator
 from server.ledger import Ledger, tensor_hash
 from server.reference import reference_update
@@ -165,7 +165,7 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
                        evaluate_fn=evaluate_fn)
         final = strategy.latest_vec if strategy.latest_vec is not None else start_vec
     if out is not None:
-        _atomic_torch_save(final.detach().to(torch.float32).clone(), out / "final.pt")
+        atomic_torch_save(final.detach().to(torch.float32).clone(), out / "final.pt")
     return final
 
 
@@ -246,9 +246,3 @@ def _truncate_rows(path: Path | None, last_round: int) -> None:
 
 def _config_json(cfg: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
