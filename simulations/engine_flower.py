@@ -224,9 +224,12 @@ def convert_row(row: dict[str, Any]) -> dict[str, Any]:
     mask = torch.tensor([p in bad for p in pids], dtype=torch.bool)
     accepted = row.get("accepted")
     acc = None if accepted is None else torch.tensor([bool(a) for a in accepted])
-    det = metrics.detection(acc, mask) if acc is not None else metrics.detection(None, mask)
+    det = metrics.detection(acc, mask)
     norms = torch.tensor(row.get("update_norms") or [], dtype=torch.float64)
-    has = norms.numel() == mask.numel() and norms.numel() > 0
+    if norms.numel() == mask.numel() and norms.numel() > 0:
+        norm_stats = metrics.norm_summary(norms, mask)
+    else:
+        norm_stats = {"norm_benign": None, "norm_malicious": None, "norm_max": None}
     return {
         "round": row["round"],
         "clients": row.get("clients", len(pids)),
@@ -239,9 +242,7 @@ def convert_row(row: dict[str, Any]) -> dict[str, Any]:
         "train_loss": row.get("train_loss"),
         "accuracy": row.get("accuracy"), "loss": row.get("loss"), "asr": row.get("asr"),
         "precision": det["precision"], "recall": det["recall"], "fpr": det["fpr"],
-        "norm_benign": float(norms[~mask].mean()) if has and bool((~mask).any()) else None,
-        "norm_malicious": float(norms[mask].mean()) if has and bool(mask.any()) else None,
-        "norm_max": float(norms.max()) if has else None,
+        **norm_stats,
         "round_seconds": row.get("round_seconds"),
         "rejected": row.get("rejected"),
         "skipped": row.get("skipped"),

@@ -66,11 +66,17 @@ def norm_stats(updates: torch.Tensor, malicious: torch.Tensor) -> dict[str, floa
     updates; relative difference to a float64 computation ~1e-6 in float32); only rows whose
     norm leaves the range where float32 squares are exact enough (< 1e-14, > 1e18, inf, NaN)
     are recomputed in float64."""
-    mal = torch.as_tensor(malicious, dtype=torch.bool)
     norms = torch.linalg.vector_norm(updates, dim=1).double()
     redo = ~((norms >= _NORM_SAFE[0]) & (norms <= _NORM_SAFE[1]))
     if bool(redo.any()):
         norms[redo] = torch.linalg.vector_norm(updates[redo].double(), dim=1)
+    return norm_summary(norms, malicious)
+
+
+def norm_summary(norms: torch.Tensor, malicious: torch.Tensor) -> dict[str, float | None]:
+    """``norm_benign`` / ``norm_malicious`` (means) and ``norm_max`` of per-client update norms."""
+    mal = torch.as_tensor(malicious, dtype=torch.bool)
+    norms = torch.as_tensor(norms, dtype=torch.float64)
     return {
         "norm_benign": float(norms[~mal].mean()) if bool((~mal).any()) else None,
         "norm_malicious": float(norms[mal].mean()) if bool(mal.any()) else None,
