@@ -71,6 +71,13 @@ def local_data(
     return data_attack.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
 
 
+def update_boost(attack: DataAttack | ModelAttack | None, cfg: Any) -> float:
+    """The factor a client's delta is scaled by: the data attack's boost (model replacement),
+    1.0 for honest clients and model attackers (their attack acts in the adversary stage)."""
+    data_attack = _data_attack(attack, cfg)
+    return 1.0 if data_attack is None else float(data_attack.boost)
+
+
 def client_update(
     task: Any,
     pid: int,
@@ -92,7 +99,7 @@ def client_update(
         model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round)
     )
     delta = flatten(model) - global_vec.to(torch.float32)
-    data_attack = _data_attack(attack, cfg)
-    if data_attack is not None and data_attack.boost != 1.0:
-        delta = delta * data_attack.boost
+    boost = update_boost(attack, cfg)
+    if boost != 1.0:
+        delta = delta * boost
     return ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss)

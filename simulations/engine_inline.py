@@ -94,7 +94,7 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     ``params − start``). Other models call ``client_update`` per client, each delta written
     into its row of a preallocated (K, d) matrix.
     """
-    from clients.client import ClientUpdate, client_update, local_data
+    from clients.client import ClientUpdate, client_update, local_data, update_boost
 
     if not task.batched or len(pids) < 2:
         updates = torch.empty(len(pids), task.layout.numel, dtype=torch.float32)
@@ -115,8 +115,7 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     updates = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
     replies = []
     for pid, delta, stats in zip(pids, updates, result.stats, strict=True):
-        attack = attacks.get(pid)
-        boost = getattr(attack, "boost", 1.0) if attack is not None else 1.0
+        boost = update_boost(attacks.get(pid), cfg)
         if boost != 1.0:
             delta.mul_(boost)
         replies.append(ClientUpdate(delta=delta, num_examples=stats.num_examples,

@@ -89,3 +89,15 @@ def test_bad_inputs(task):
         client_update(task, 0, task.initial_vector()[None], 1, attack=None, cfg=CFG)
     with pytest.raises(ValueError, match="attack must be"):
         client_update(task, 0, task.initial_vector(), 1, attack="labelflip", cfg=CFG)
+
+
+def test_update_boost_is_the_data_attacks_bound_boost_else_one():
+    from clients.attacks import create_attack
+    from clients.client import update_boost
+    from tasks.config import RunConfig
+
+    cfg = RunConfig(dataset="digits", num_clients=10, attack="scaling", num_malicious=2)
+    scaling = create_attack("scaling", num_classes=10, low=0.0, high=1.0)  # boost "n", pending
+    assert update_boost(scaling, cfg) == 10.0  # bound to n = clients per round
+    assert update_boost(create_attack("signflip", num_classes=10, low=0.0, high=1.0), cfg) == 1.0
+    assert update_boost(None, cfg) == 1.0
