@@ -5,19 +5,26 @@ contract. This package imports nothing else of the project.
 """
 
 # Rule modules register themselves on import (one line per module).
-from aggregators import bucketing as bucketing
-from aggregators import bulyan as bulyan
-from aggregators import clipping as clipping
-from aggregators import coordinate as coordinate
-from aggregators import dnc as dnc
-from aggregators import flame as flame
-from aggregators import fltrust as fltrust
-from aggregators import foolsgold as foolsgold
-from aggregators import geomed as geomed
-from aggregators import krum as krum
-from aggregators import mean as mean
-from aggregators import nnm as nnm
-from aggregators import signguard as signguard
-from aggregators.base import Aggregation, AggregatorError, Rule, available, create, register
+from fedshield.aggregators import bucketing as bucketing
+from fedshield.aggregators import bulyan as bulyan
+from fedshield.aggregators import clipping as clipping
+from fedshield.aggregators import coordinate as coordinate
+from fedshield.aggregators import dnc as dnc
+from fedshield.aggregators import flame as flame
+from fedshield.aggregators import fltrust as fltrust
+from fedshield.aggregators import foolsgold as foolsgold
+from fedshield.aggregators import geomed as geomed
+from fedshield.aggregators import krum as krum
+from fedshield.aggregators import mean as mean
+from fedshield.aggregators import nnm as nnm
+from fedshield.aggregators import signguard as signguard
+from fedshield.aggregators.base import (
+    Aggregation,
+    AggregatorError,
+    Rule,
+    available,
+    create,
+    register,
+)
 
 __all__ = ["Aggregation", "AggregatorError", "Rule", "available", "create", "register"]

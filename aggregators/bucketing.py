@@ -27,8 +27,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, create, register
-from aggregators.validation import Context, check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, create, register
+from fedshield.aggregators.validation import (
+    Context,
+    check_context,
+    check_f,
+    check_positive,
+    check_updates,
+)
 
 
 def resolve_inner(owner: str, inner: Rule | str, inner_params: Mapping[str, Any] | None) -> Rule:

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.distances import resolve_distances
-from aggregators.kernels import coordinatewise
-from aggregators.krum import krum_scores, lowest
-from aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.distances import resolve_distances
+from fedshield.aggregators.kernels import coordinatewise
+from fedshield.aggregators.krum import krum_scores, lowest
+from fedshield.aggregators.validation import check_context, check_f, check_updates
 
 SELECTIONS = ("recursive", "oneshot")
 

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.kernels import coordinatewise
-from aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.kernels import coordinatewise
+from fedshield.aggregators.validation import check_context, check_f, check_updates
 
 
 def median_of_sorted(block: np.ndarray) -> np.ndarray:

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import torch
 
-from aggregators.base import AggregatorError
-from aggregators.validation import require_finite
+from fedshield.aggregators.base import AggregatorError
+from fedshield.aggregators.validation import require_finite
 
 # Column block: c·n values ≈ 2 MiB of float32 at most (the centred block stays in L2 while the
-# GEMM reads it). Measured on the 2-core benchmark machine; see simulations/bench_aggregators.py.
+# GEMM reads it). Measured on the 2-core benchmark machine; see simulations/bench/aggregators.py.
 _BLOCK_VALUES = 1 << 19
 
 

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, Rule, register
-from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, Rule, register
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
 
 
 def outlier_scores(sub: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.distances import pairwise_sq_distances
-from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
 
 # |cos| above 1 − PARALLEL_TOL is float32 rounding of parallel rows (unit rows in float32, GEMM in
 # float32: errors of a few 1e-7); FoolsGold's α / max α would otherwise blow that noise up.

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_updates, require_finite
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import check_context, check_updates, require_finite
 
 
 @register

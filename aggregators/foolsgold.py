@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.flame import cosine_similarity
-from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.flame import cosine_similarity
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import check_context, check_positive, check_updates
 
 
 def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:

@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, Rule, register
-from aggregators.distances import resolve_distances
-from aggregators.kernels import weighted_sum
-from aggregators.validation import (
+from fedshield.aggregators.base import Aggregation, Rule, register
+from fedshield.aggregators.distances import resolve_distances
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import (
     check_bool,
     check_context,
     check_positive,

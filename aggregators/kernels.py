@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from aggregators.validation import require_finite
+from fedshield.aggregators.validation import require_finite
 
 # Column block for the coordinate-wise kernels: c·n values ≈ 1 MiB of float32, so the block being
 # sorted stays in L2 cache (measured fastest on the 2 MiB-L2 benchmark machine; ANCHORS §4.4).

@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.distances import resolve_distances
-from aggregators.kernels import weighted_sum
-from aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.distances import resolve_distances
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
 
 
 def krum_scores(dist: torch.Tensor, f: int, members: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, Rule, register
-from aggregators.kernels import weighted_sum
-from aggregators.validation import (
+from fedshield.aggregators.base import Aggregation, Rule, register
+from fedshield.aggregators.kernels import weighted_sum
+from fedshield.aggregators.validation import (
     check_bool,
     check_context,
     check_ratio,

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from aggregators.base import Aggregation, Rule, register
-from aggregators.bucketing import inner_context, resolve_inner
-from aggregators.distances import resolve_distances
-from aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.base import Aggregation, Rule, register
+from fedshield.aggregators.bucketing import inner_context, resolve_inner
+from fedshield.aggregators.distances import resolve_distances
+from fedshield.aggregators.validation import check_context, check_f, check_updates
 
 
 def mixing_matrix(sq_distances: torch.Tensor, neighbours: int) -> torch.Tensor:

@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from aggregators.base import Aggregation, AggregatorError, Rule, register
-from aggregators.dnc import random_columns
-from aggregators.flame import clipped_mean, median_norm, row_norms
-from aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.dnc import random_columns
+from fedshield.aggregators.flame import clipped_mean, median_norm, row_norms
+from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
 
 CLUSTERINGS = ("meanshift", "kmeans", "dbscan")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from aggregators.base import AggregatorError, Rule
+from fedshield.aggregators.base import AggregatorError, Rule
 
 CONTEXT_KEYS = ("reference", "weights", "client_ids", "gram")
 

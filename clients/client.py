@@ -11,8 +11,8 @@ with g = ``torch_generator(cfg.seed, "client", pid, round)`` (the project's seed
 g_p = ``torch_generator(cfg.seed, "client", pid, round, "poison")`` — a separate stream, so a
 poisoned client draws exactly the batches it would have drawn honestly. A symbolic boost
 ("auto" = n/m, "n") created without the round's counts is bound here from ``cfg``
-(:func:`clients.attacks.base.round_counts`). A model-poisoning attack
-passed here is ignored: those clients train honestly and the adversary stage
+(``cfg.per_round``, ``cfg.malicious_per_round``: the run config's one definition). A
+model-poisoning attack passed here is ignored: those clients train honestly and the adversary stage
 (:func:`clients.attacks.apply_model_attack`) rewrites their updates afterwards.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from clients.attacks.base import AttackError, DataAttack, ModelAttack, round_counts
-from tasks.params import flatten, load_vector
-from tasks.seeding import torch_generator
-from tasks.training import train
+from fedshield.clients.attacks.base import AttackError, DataAttack, ModelAttack
+from fedshield.tasks.params import flatten, load_vector
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.training import train
 
 __all__ = ["ClientError", "ClientUpdate", "client_update", "local_data"]
 
@@ -55,7 +55,7 @@ def _data_attack(attack: Any, cfg: Any) -> DataAttack | None:
             f"attack must be a DataAttack, a ModelAttack or None, got {type(attack).__name__}"
         )
     if attack.boost_pending:
-        attack.bind(*round_counts(cfg))
+        attack.bind(cfg.per_round, max(1, cfg.malicious_per_round))
     return attack
 
 

@@ -23,9 +23,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from tasks.config import ConfigError, RunConfig
-from tasks.params import arrayrecord_to_vector, load_vector, to_arrayrecord
-from tasks.task import get_task
+from fedshield.tasks.config import ConfigError, RunConfig
+from fedshield.tasks.params import arrayrecord_to_vector, load_vector, to_arrayrecord
+from fedshield.tasks.task import get_task
 
 app = ClientApp()
 
@@ -55,20 +55,19 @@ def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
 
 
 def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
-    """The run's data attack for a malicious node (None for a model attack or attack='none');
-    built like the inline engine's (``attack_from_config``), with one malicious client assumed
-    when only a node-config flag made this node malicious."""
+    """The run's data attack for a malicious node (None for a model attack or attack='none'):
+    the one builder the inline engine and the ServerApp use (``attack_from_config``)."""
     if cfg.attack == "none":
         return None
-    from clients.attacks import attack_from_config
+    from fedshield.clients.attacks import attack_from_config
 
-    attack = attack_from_config(cfg, dataset, at_least_one=True)
-    return attack if attack.kind == "data" else None
+    attack = attack_from_config(cfg, dataset)
+    return attack if attack is not None and attack.kind == "data" else None
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from clients.client import client_update
+    from fedshield.clients.client import client_update
 
     cfg = RunConfig.from_flower(context.run_config)
     pid, malicious = node_identity(context, cfg)
@@ -89,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    from tasks.training import evaluate as evaluate_model
+    from fedshield.tasks.training import evaluate as evaluate_model
 
     cfg = RunConfig.from_flower(context.run_config)
     pid, _ = node_identity(context, cfg)

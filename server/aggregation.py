@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from aggregators import Aggregation, AggregatorError, Rule
+from fedshield.aggregators import Aggregation, AggregatorError, Rule
 
 
 @dataclass

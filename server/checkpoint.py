@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from server.ledger import tensor_hash
+from fedshield.server.ledger import tensor_hash
 
 _NAME = re.compile(r"^round-(\d{6})\.pt$")
 

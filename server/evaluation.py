@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tasks.training import accuracy_on, evaluate
 
-from tasks.params import load_vector
+from fedshield.tasks.params import load_vector
+from fedshield.tasks.training import accuracy_on, evaluate
 
 
 class GlobalEvaluator:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from tasks.config import RunConfig
-from tasks.params import flatten, load_vector
-from tasks.seeding import torch_generator
-from tasks.task import Task
-from tasks.training import train
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.params import flatten, load_vector
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.task import Task
+from fedshield.tasks.training import train
 
 
 class ReferenceError(ValueError):

@@ -25,26 +25,14 @@ working directory is the SuperLink's):
 - ``ledger.jsonl``   hash-chained audit rows (``server.ledger``): a ``start`` row (run config, rule,
   initial model hash), a ``round`` row per round (``RobustStrategy`` report), ``resume`` rows;
 - ``checkpoints/round-NNNNNN.pt`` the global model after each round (``server.checkpoint``);
-- ``rounds.jsonl``   one JSON row per round, appended after the round's evaluation::
-
-      {"round": t, "clients": n_valid, "partition_ids": [...], "malicious_in_round": [pids],
-       "accepted": [0|1 per valid row] | null, "weights": [float per valid row] | null,
-       "update_norms": [float per valid row], "malicious_share", "share_kind",
-       "aggregation_seconds", "train_loss",
-       "accuracy", "loss", "asr" (null when not evaluated / no ASR inputs),
-       "replies", "valid", "rejected", "rejected_by_reason": {reason: n}, "skipped", "skip_reason",
-       "diverged" (server.strategy: the last finite model kept), "model_hash", "round_seconds",
-       "decisions": [the report's per-client dicts]}
-
-  The per-valid-row lists are in aggregation order: sorted by (partition id, node id).
-  ``malicious_share``/``share_kind`` are ``server.shares.malicious_share`` (the inline engine's
-  figure, computed by ``RobustStrategy`` on the round's update matrix).
+- ``rounds.jsonl``   one JSON row per round, appended after the round's evaluation: the round
+  core's :meth:`fedshield.server.round.RoundRecord.row` (the same row the inline engine yields)
+  plus ``accuracy``, ``loss``, ``asr`` (null when not evaluated) and ``round_seconds``. The
+  per-valid-row lists are in aggregation order: sorted by (partition id, node id).
 - ``final.pt``       ``torch.save`` of the final global vector, a (d,) float32 tensor.
 
-Data: ``flwr run`` ships a FAB with the code only (pyproject ``fab-include``: the vendored MNIST
-IDX files are neither an allowed FAB file type nor under the 10 MB FAB limit), and the apps import
-the FAB's copy of ``tasks``; for ``dataset='mnist'`` pass the absolute directory of the IDX files
-as ``data-root`` (e.g. ``data-root='/path/to/repo/tasks/data/mnist'``). ``digits`` needs nothing.
+Data: the apps are the installed ``fedshield`` package's, and so is its vendored MNIST: neither
+``digits`` nor ``mnist`` needs a ``data-root``.
 
 Resume (``resume=true``): if ``output_dir/checkpoints`` holds a checkpoint of the same model, the
 run continues after its round from its vector (rounds, seeds and sampling continue as if
@@ -70,16 +58,16 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-import aggregators
-from server.checkpoint import CheckpointStore, atomic_torch_save, check_compatible
-from server.evaluation import GlobalEvaluator
-from server.ledger import Ledger, tensor_hash
-from server.reference import reference_update
-from server.strategy import RobustStrategy
-from tasks.config import RunConfig
-from tasks.params import arrayrecord_to_vector, to_arrayrecord
-from tasks.seeding import torch_generator
-from tasks.task import get_task
+from fedshield import aggregators
+from fedshield.server.checkpoint import CheckpointStore, atomic_torch_save, check_compatible
+from fedshield.server.evaluation import GlobalEvaluator
+from fedshield.server.ledger import Ledger, tensor_hash
+from fedshield.server.reference import reference_update
+from fedshield.server.round import require_round_size
+from fedshield.server.strategy import RobustStrategy
+from fedshield.tasks.config import ConfigError, RunConfig
+from fedshield.tasks.params import arrayrecord_to_vector, to_arrayrecord
+from fedshield.tasks.task import get_task
 
 
 class ServerAppError(ValueError):
@@ -100,27 +88,32 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
-    """The run's attack object (``clients.attacks.attack_from_config``, as the inline engine),
-    None for attack='none'. With no malicious client in the run config (malicious nodes chosen by
-    node-config in a deployment) it is built for one malicious client: ASR inputs, adversary."""
+    """The run's attack (the one builder, ``clients.attacks.attack_from_config``), None for
+    attack='none'. Simulation-only: imported lazily, a deployment keeps attack='none'."""
     if cfg.attack == "none":
         return None
-    from clients.attacks import attack_from_config  # simulation-only dependency, lazily
+    from fedshield.clients.attacks import attack_from_config
 
-    return attack_from_config(cfg, dataset, at_least_one=True)
+    return attack_from_config(cfg, dataset)
+
+
+def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
+    if attack is None or attack.kind != "model":
+        return None
+    from fedshield.clients.attacks.adversary import adversary_stage
+
+    return adversary_stage(attack, rule, cfg.seed)
 
 
 def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Tensor:
     """Run ``cfg`` on ``grid``; returns the final global vector (also written to final.pt)."""
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
-    per_round = cfg.clients_per_round or cfg.num_clients
-    if per_round < rule.min_clients():
-        raise ServerAppError(
-            f"aggregator {cfg.aggregator!r} with {rule.params()} needs at least "
-            f"{rule.min_clients()} clients per round, the run has {per_round} "
-            "(num-clients / clients-per-round): every round would keep the initial model"
-        )
+    per_round = cfg.per_round
+    try:
+        require_round_size(rule, per_round)
+    except ConfigError as exc:
+        raise ServerAppError(str(exc)) from None
     attack = build_attack(cfg, task.dataset)
     out = Path(cfg.output_dir) if cfg.output_dir else None
     start_vec, done = task.initial_vector().clone(), 0
@@ -169,18 +162,6 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
     return final
 
 
-def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
-    if attack is None or attack.kind != "model":
-        return None
-    from clients.attacks.adversary import apply_model_attack
-
-    def stage(rnd: int, updates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return apply_model_attack(updates, mask, attack, aggregator=rule,
-                                  generator=torch_generator(cfg.seed, "attack", rnd))
-
-    return stage
-
-
 def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrategy,
                  rounds_path: Path | None):
     evaluator = GlobalEvaluator(task, attack)
@@ -194,7 +175,8 @@ def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrateg
         metrics: dict[str, float | None] = {"accuracy": None, "loss": None, "asr": None}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             metrics = evaluator(arrayrecord_to_vector(arrays, task.layout))
-        row = rounds_row(strategy.reports.get(rnd, {"round": rnd}), metrics)
+        record = strategy.records.get(rnd)
+        row = {**(record.row() if record is not None else {"round": rnd}), **metrics}
         now = time.perf_counter()
         row["round_seconds"], clock["t"] = now - clock["t"], now
         if rounds_path is not None:
@@ -204,34 +186,6 @@ def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrateg
         return MetricRecord(values) if values else None
 
     return evaluate_fn
-
-
-def rounds_row(report: dict[str, Any], metrics: dict[str, float | None]) -> dict[str, Any]:
-    """The ``rounds.jsonl`` row of one round (format in the module docstring)."""
-    valid = [c for c in report.get("clients", []) if c["status"] != "rejected"]
-    has_accept = report.get("has_accepted", False)
-    weights = [c["weight"] for c in valid]
-    return {
-        "round": report["round"],
-        "clients": len(valid),
-        "partition_ids": [c["partition_id"] for c in valid],
-        "malicious_in_round": [c["partition_id"] for c in valid if c["malicious"]],
-        "accepted": [int(c["status"] == "accepted") for c in valid] if has_accept else None,
-        "weights": weights if valid and all(w is not None for w in weights) else None,
-        "update_norms": [c["update_norm"] for c in valid],
-        "malicious_share": report.get("malicious_share"),
-        "share_kind": report.get("share_kind", "none"),
-        "aggregation_seconds": report.get("aggregation_seconds"),
-        "train_loss": report.get("train_loss"),
-        **metrics,
-        "replies": report.get("replies"), "valid": report.get("valid"),
-        "rejected": report.get("rejected"),
-        "rejected_by_reason": report.get("rejected_by_reason", {}),
-        "skipped": report.get("skipped"), "skip_reason": report.get("skip_reason", ""),
-        "diverged": report.get("diverged", False),
-        "model_hash": report.get("model_hash_after"),
-        "decisions": report.get("clients", []),
-    }
 
 
 def _truncate_rows(path: Path | None, last_round: int) -> None:

@@ -15,11 +15,12 @@ Checks, in order (first failure wins):
 5. ``keys-mismatch`` / ``shape-mismatch`` / ``dtype-mismatch``  the ArrayRecord must have the global
    model's keys, each with its shape and dtype (declared metadata);
 6. ``bad-num-examples`` the weight key (``num-examples``) must be a finite number >= 1; it is
-   client-reported and unverified, so it is also *capped* (not dropped) at
+   client-reported and unverified, so the round core also *caps* it (not dropped) at
    ``min(max_num_examples, cap_factor · median of the round's reports)``;
 7. ``bad-meta``        ``meta`` has a ``partition-id`` not an int >= 0 or a non-bool ``malicious``;
-8. after decoding (:func:`stack_updates`): ``undecodable`` (the serialized data is not a numeric
-   numpy array of the declared shape) and ``non-finite`` (NaN or ±Inf anywhere in the parameters).
+8. while decoding (:func:`decode_updates`): ``undecodable`` (the serialized data is not a numeric
+   numpy array of the declared shape). Rows with NaN or ±Inf are then dropped as ``non-finite`` by
+   the round core, in both engines.
 
 The ``meta`` ConfigRecord ``{"partition-id": int, "malicious": bool}`` is the ground truth an
 *evaluation* ClientApp reports so detection can be scored; it is never used to decide acceptance.
@@ -28,32 +29,19 @@ The ``meta`` ConfigRecord ``{"partition-id": int, "malicious": bool}`` is the gr
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from tasks.params import ParamLayout, arrayrecord_to_vector
+from fedshield.server.round import ClientRow, Reason, Rejection
+from fedshield.tasks.params import ParamLayout, arrayrecord_to_vector
 
-
-class Reason(StrEnum):
-    DUPLICATE = "duplicate-node"
-    UNEXPECTED = "unexpected-node"
-    ERROR_REPLY = "error-reply"
-    MISSING_RECORD = "missing-record"
-    EXTRA_RECORD = "extra-record"
-    KEYS = "keys-mismatch"
-    SHAPE = "shape-mismatch"
-    DTYPE = "dtype-mismatch"
-    NUM_EXAMPLES = "bad-num-examples"
-    META = "bad-meta"
-    UNDECODABLE = "undecodable"
-    NON_FINITE = "non-finite"
+__all__ = ["Expected", "Reason", "Rejection", "ReplyInfo", "ReplyKeys", "check_reply",
+           "count_reasons", "decode_updates", "validate_replies"]
 
 
 @dataclass(frozen=True)
@@ -82,22 +70,15 @@ class ReplyInfo:
     node_id: int
     partition_id: int | None
     malicious: bool | None
-    num_examples: float  # after capping
-    reported_examples: float
+    num_examples: float  # as reported (the round core caps it)
     train_loss: float | None
 
-    @property
-    def capped(self) -> bool:
-        return self.num_examples < self.reported_examples
-
-
-@dataclass
-class Rejection:
-    index: int
-    node_id: int
-    partition_id: int | None
-    reason: Reason
-    detail: str
+    def row(self) -> ClientRow:
+        """The round core's view: per-client state is keyed by the node id (what the SuperLink
+        authenticates), never by the partition id the client reports."""
+        return ClientRow(client_id=self.node_id, partition_id=self.partition_id,
+                         malicious=self.malicious, num_examples=self.num_examples,
+                         train_loss=self.train_loss, node_id=self.node_id, index=self.index)
 
 
 @dataclass
@@ -115,8 +96,6 @@ def validate_replies(
     *,
     expected_nodes: Iterable[int] | None = None,
     keys: ReplyKeys | None = None,
-    max_num_examples: float | None = None,
-    cap_factor: float | None = 10.0,
 ) -> tuple[list[ReplyInfo], list[Rejection]]:
     """Structural checks 1–7 of the module docstring; returns (valid, rejected) in reply order."""
     keys = keys or ReplyKeys()
@@ -137,7 +116,6 @@ def validate_replies(
             continue
         outcome = check_reply(index, msg, expected, keys)
         (rejected if isinstance(outcome, Rejection) else valid).append(outcome)
-    _cap_num_examples(valid, max_num_examples, cap_factor)
     return valid, rejected
 
 
@@ -179,10 +157,10 @@ def check_reply(
         return reject(Reason.META, meta_problem)
     loss = metrics.get(keys.loss)
     loss = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
-    return ReplyInfo(index, node, partition_id, malicious, float(reported), float(reported), loss)
+    return ReplyInfo(index, node, partition_id, malicious, float(reported), loss)
 
 
-def stack_updates(
+def decode_updates(
     replies: Sequence[Message],
     valid: list[ReplyInfo],
     global_vec: torch.Tensor,
@@ -190,7 +168,8 @@ def stack_updates(
     arrays_key: str = "arrays",
 ) -> tuple[torch.Tensor, list[ReplyInfo], list[Rejection]]:
     """Decode each valid reply once into a preallocated (n, d) float32 matrix of deltas
-    (client − global); drop rows that do not decode or are not finite (check 8).
+    (client − global); drop the replies that do not decode (check 8). Non-finite rows are the
+    round core's to drop (``fedshield.server.round``), for both engines alike.
 
     Returns (updates (k, d) contiguous, kept infos in row order, new rejections)."""
     out = torch.empty((len(valid), global_vec.numel()), dtype=torch.float32)
@@ -205,13 +184,6 @@ def stack_updates(
                                       Reason.UNDECODABLE, f"cannot decode arrays: {exc}"))
             continue
         target.sub_(global_vec)
-        # one pass, no temporary: a float64 sum of float32 values cannot overflow, so it is
-        # finite iff every value is
-        if not math.isfinite(float(target.sum(dtype=torch.float64))):
-            bad = int((~torch.isfinite(target)).sum())
-            rejected.append(Rejection(info.index, info.node_id, info.partition_id,
-                                      Reason.NON_FINITE, f"{bad} non-finite value(s)"))
-            continue
         kept.append(info)
     return out[: len(kept)], kept, rejected
 
@@ -264,29 +236,6 @@ def _partition_id_hint(msg: Message, keys: ReplyKeys) -> int | None:
         if isinstance(pid, int) and not isinstance(pid, bool):
             return pid
     return None
-
-
-def cap_num_examples(
-    reported: Sequence[float], *, max_num_examples: float | None = None,
-    cap_factor: float | None = 10.0,
-) -> list[float]:
-    """Client-reported sample counts (unverified claims) capped at
-    ``min(max_num_examples, cap_factor · median(reported))``; ``None`` disables either cap."""
-    if not reported:
-        return []
-    cap = math.inf if max_num_examples is None else float(max_num_examples)
-    if cap_factor is not None:
-        cap = min(cap, cap_factor * statistics.median(reported))
-    return [min(float(n), cap) for n in reported]
-
-
-def _cap_num_examples(
-    valid: list[ReplyInfo], max_num_examples: float | None, cap_factor: float | None
-) -> None:
-    capped = cap_num_examples([v.reported_examples for v in valid],
-                              max_num_examples=max_num_examples, cap_factor=cap_factor)
-    for info, num_examples in zip(valid, capped, strict=True):
-        info.num_examples = num_examples
 
 
 def count_reasons(rejected: Iterable[Rejection]) -> dict[str, int]:

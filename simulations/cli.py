@@ -15,9 +15,10 @@ from typing import Any
 
 DEFAULT_OUT = Path("results")
 BENCHES = {
-    "aggregators": "simulations.bench_aggregators",  # each module has main(argv) -> int
-    "simulation": "simulations.bench_simulation",
-    "scaling": "simulations.bench_scaling",
+    "aggregators": "fedshield.simulations.bench.aggregators",  # each module has main(argv) -> int
+    "simulation": "fedshield.simulations.bench.simulation",
+    "scaling": "fedshield.simulations.bench.scaling",
+    "training": "fedshield.simulations.bench.training",
 }
 
 EPILOG = """examples:
@@ -116,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_ours(exc: BaseException) -> bool:
-    module = type(exc).__module__.split(".")[0]
-    return module in {"simulations", "tasks", "clients", "server", "aggregators"}
+    return type(exc).__module__.split(".")[0] == "fedshield"
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -132,7 +132,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args.scenario, args.overrides, args.engine, args.out, args.workers,
                        report=not args.no_report)
     if command == "report":
-        from simulations.report import write_report
+        from fedshield.simulations.report import write_report
 
         path = write_report(args.directory, args.out)
         print(f"report: {path}")
@@ -144,7 +144,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return int(importlib.import_module(BENCHES[args.target]).main(args.args) or 0)
     if command == "findings":
-        from simulations.findings import main as findings_main
+        from fedshield.simulations.findings import main as findings_main
 
         return int(findings_main(args.args) or 0)
     if command == "ledger":
@@ -154,7 +154,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 # --- run / sweep ----------------------------------------------------------------------------------
 def _load(spec: str, overrides: list[str], engine: str | None) -> Any:
-    from simulations import scenario as sc
+    from fedshield.simulations import scenario as sc
 
     if engine is not None:
         overrides = [*overrides, f"engine='{engine}'"]
@@ -179,8 +179,8 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
     import tomli_w
     from rich.console import Console
 
-    from simulations.runner import run_sweep
-    from simulations.store import ResultsStore
+    from fedshield.simulations.runner import run_sweep
+    from fedshield.simulations.store import ResultsStore
 
     console = Console()
     scenario, cells = _load(spec, overrides, engine)
@@ -198,12 +198,12 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
     if len(records) == 1:
         _print_rounds(console, records[0])
     else:
-        from simulations.report import summary_table
+        from fedshield.simulations.report import summary_table
 
         table, order = summary_table(records)
         console.print("Final clean accuracy (%), ranked by worst case over attacks:")
         console.print(table, markup=False, highlight=False, soft_wrap=True)
-        from simulations.report import Grid, _summary
+        from fedshield.simulations.report import Grid, _summary
 
         asr = Grid(records, _summary("final_asr"))
         if asr.stats:
@@ -211,7 +211,7 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
             console.print(asr.markdown(pct=True, rules=order), markup=False, highlight=False,
                           soft_wrap=True)
     if report and records:
-        from simulations.report import write_report
+        from fedshield.simulations.report import write_report
 
         console.print(f"report: {write_report(out)}")
     failed = [f for f in store.failures() if f["id"] in ids]
@@ -295,8 +295,7 @@ def cmd_list(what: str) -> int:
 
 def _listing(section: str) -> list[tuple[str, str]]:
     if section == "rules":
-        import aggregators
-
+        from fedshield import aggregators
         out = []
         for name in aggregators.available():
             try:
@@ -307,19 +306,19 @@ def _listing(section: str) -> list[tuple[str, str]]:
             out.append((name, detail))
         return out
     if section == "attacks":
-        from clients.attacks import available_attacks
+        from fedshield.clients.attacks import available_attacks
 
         return [(n, f"[{d.get('kind')}; knowledge {'/'.join(d.get('knowledge', []))}] "
                  f"{_params_text(d.get('params', {}))} — {d.get('summary', '')}")
                 for n, d in available_attacks().items()]
     if section == "scenarios":
-        from simulations.scenario import PRESETS_DIR, available_presets
+        from fedshield.simulations.scenario import PRESETS_DIR, available_presets
 
         return [(n, _first_doc_line(PRESETS_DIR / f"{n}.toml")) for n in available_presets()]
     module, func = {
-        "datasets": ("tasks.datasets", "available_datasets"),
-        "partitions": ("tasks.partition", "available_partitions"),
-        "models": ("tasks.models", "available_models"),
+        "datasets": ("fedshield.tasks.datasets", "available_datasets"),
+        "partitions": ("fedshield.tasks.partition", "available_partitions"),
+        "models": ("fedshield.tasks.models", "available_models"),
     }[section]
     items = getattr(__import__(module, fromlist=[func]), func)()
     if isinstance(items, dict):
@@ -356,7 +355,7 @@ def _first_doc_line(path: Path) -> str:
 
 
 def cmd_ledger_verify(path: Path) -> int:
-    from server.ledger import verify_ledger
+    from fedshield.server.ledger import verify_ledger
 
     check = verify_ledger(path)
     if check.ok:

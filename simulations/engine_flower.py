@@ -9,7 +9,7 @@ fedshield's ServerApp (``server.server_app``) and ClientApp (``clients.client_ap
 2. writes the run config (``RunConfig.to_flower()``, kebab-case, with an absolute
    ``output-dir``) to a TOML file and runs::
 
-       flwr run <repo root> --stream --run-config run_config.toml \\
+       flwr run <app dir> --stream --run-config run_config.toml \\
            --federation-config "num-supernodes=N client-resources-num-cpus=1 \\
                                 client-resources-num-gpus=0.0 init-args-num-cpus=C"
 
@@ -22,11 +22,13 @@ fedshield's ServerApp (``server.server_app``) and ClientApp (``clients.client_ap
    simulation subprocesses and Ray — identified by the private ``FLWR_HOME`` in their
    environment (never by a process name).
 
-Every key of the run config must be declared in ``[tool.flwr.app.config]`` of pyproject.toml
-(the SuperLink refuses override keys it does not know); a missing key is a clear error.
-The rows are converted to the inline engine's metric rows (:mod:`simulations.metrics`); the
-malicious share (coordinate share of median / trimmed mean included) is the one the ServerApp
-computed with ``server.shares.malicious_share``, the inline engine's function.
+The app dir is, by default, a Flower app the engine writes into the private ``FLWR_HOME``: a
+``pyproject.toml`` naming the installed package's components and declaring every RunConfig key
+(:func:`write_app`), so the engine runs from an installed wheel as well as from a checkout.
+Every key of the run config must be declared in the app's ``[tool.flwr.app.config]`` (the
+SuperLink refuses override keys it does not know); a missing key is a clear error.
+The rows are the ServerApp's ``rounds.jsonl`` rows: the round core's rows, the same the inline
+engine yields.
 """
 
 from __future__ import annotations
@@ -47,11 +49,9 @@ from typing import Any
 
 import torch
 
-from simulations.engine_inline import RunResult
-from tasks.config import RunConfig
-from tasks.datasets import MNIST_DIR
+from fedshield.simulations.engine_inline import RunResult
+from fedshield.tasks.config import RunConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -74,9 +74,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def declared_config_keys(repo: Path = REPO_ROOT) -> set[str]:
-    data = tomllib.loads((repo / "pyproject.toml").read_text())
+def declared_config_keys(app_dir: Path) -> set[str]:
+    data = tomllib.loads((app_dir / "pyproject.toml").read_text())
     return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def app_pyproject() -> dict[str, Any]:
+    """The Flower app of the installed package: its components and every RunConfig key (plus
+    ``resume``) with its default, as ``flwr run`` needs them."""
+    return {
+        "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
+        "project": {"name": "fedshield-app", "version": "0.0.0", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "fedshield",
+            "fab-include": ["pyproject.toml"],
+            "components": {"serverapp": "fedshield.server.server_app:app",
+                           "clientapp": "fedshield.clients.client_app:app"},
+            "config": {**RunConfig().to_flower(), "resume": False},
+        }}},
+    }
+
+
+def write_app(app_dir: Path) -> Path:
+    """Write :func:`app_pyproject` into ``app_dir`` (created); returns it."""
+    import tomli_w
+
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject()))
+    return app_dir
 
 
 def run_config_toml(cfg: RunConfig) -> str:
@@ -87,27 +112,27 @@ def run_config_toml(cfg: RunConfig) -> str:
 
 
 def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = None,
-               log_path: str | Path | None = None, app_dir: str | Path = REPO_ROOT,
+               log_path: str | Path | None = None, app_dir: str | Path | None = None,
                flwr_home: str | Path | None = None) -> RunResult:
     """Run ``cfg`` under ``flwr run`` and return its rounds and final vector.
 
-    ``app_dir`` is the Flower app (a directory with pyproject.toml; the repository root by
-    default); ``log_path`` receives the CLI output and the SuperLink log; ``flwr_home`` is the
-    private FLWR_HOME to use (kept afterwards; default: a temp dir, removed).
+    ``app_dir`` is the Flower app (a directory with pyproject.toml; default: :func:`write_app`
+    in the private FLWR_HOME); ``log_path`` receives the CLI output and the SuperLink log;
+    ``flwr_home`` is the private FLWR_HOME to use (kept afterwards; default: a temp dir, removed).
     """
-    app_dir = Path(app_dir).resolve()
-    missing = sorted(set(cfg.to_flower()) - declared_config_keys(app_dir))
-    if missing:
-        raise FlowerEngineError(
-            f"pyproject.toml [tool.flwr.app.config] does not declare {missing}: the SuperLink "
-            "refuses run-config keys that the app does not declare"
-        )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedshield-flwr-") as tmp:
         home = Path(flwr_home).resolve() if flwr_home else Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
+        app_dir = Path(app_dir).resolve() if app_dir else write_app(home / "app")
+        missing = sorted(set(cfg.to_flower()) - declared_config_keys(app_dir))
+        if missing:
+            raise FlowerEngineError(
+                f"{app_dir / 'pyproject.toml'} [tool.flwr.app.config] does not declare "
+                f"{missing}: the SuperLink refuses run-config keys that the app does not declare"
+            )
         out_dir = Path(cfg.output_dir).resolve() if cfg.output_dir else home / "out"
-        run_cfg = cfg.with_updates(output_dir=str(out_dir), data_root=_data_root_for_fab(cfg))
+        run_cfg = cfg.with_updates(output_dir=str(out_dir))
         config_file = home / "run_config.toml"
         config_file.write_text(run_config_toml(run_cfg))
         federation = federation_config(cfg.num_clients, cpus)
@@ -115,7 +140,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         cmd = [str(flwr), "run", str(app_dir), "--stream", "--run-config", str(config_file),
                "--federation-config", federation]
         ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))  # AF_UNIX paths ≤ 107 B
-        env = flower_env(home, app_dir, ray_tmp)
+        env = flower_env(home, ray_tmp)
         output = ""
         try:
             proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True,
@@ -140,12 +165,12 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         rows = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()
                 if line.strip()]
         final = torch.load(final_path, weights_only=True)
-    return RunResult(rounds=[convert_row(r) for r in rows],
+    return RunResult(rounds=rows,
                      final_vector=final, malicious_ids=cfg.malicious_ids()
                      if cfg.malicious_count else [], seconds=time.perf_counter() - start)
 
 
-def flower_env(home: Path, app_dir: Path, ray_tmp: Path) -> dict[str, str]:
+def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(FLOWER_ENV)
     env["FLWR_HOME"] = str(home)
@@ -154,8 +179,6 @@ def flower_env(home: Path, app_dir: Path, ray_tmp: Path) -> dict[str, str]:
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(app_dir) + (os.pathsep + env["PYTHONPATH"]
-                                          if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -215,41 +238,6 @@ def _alive(pid: int) -> bool:
 
 
 # --- rows -----------------------------------------------------------------------------------------
-def convert_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A ServerApp ``rounds.jsonl`` row as an inline-engine metrics row."""
-    from simulations import metrics
-
-    pids = row.get("partition_ids") or []
-    bad = set(row.get("malicious_in_round") or [])
-    mask = torch.tensor([p in bad for p in pids], dtype=torch.bool)
-    accepted = row.get("accepted")
-    acc = None if accepted is None else torch.tensor([bool(a) for a in accepted])
-    det = metrics.detection(acc, mask)
-    norms = torch.tensor(row.get("update_norms") or [], dtype=torch.float64)
-    if norms.numel() == mask.numel() and norms.numel() > 0:
-        norm_stats = metrics.norm_summary(norms, mask)
-    else:
-        norm_stats = {"norm_benign": None, "norm_malicious": None, "norm_max": None}
-    return {
-        "round": row["round"],
-        "clients": row.get("clients", len(pids)),
-        "malicious_in_round": sorted(bad),
-        "accepted": accepted,
-        "malicious_share": row.get("malicious_share"),
-        "share_kind": row.get("share_kind", "none"),
-        "aggregation_seconds": row.get("aggregation_seconds"),
-        "update_norm": None,
-        "train_loss": row.get("train_loss"),
-        "accuracy": row.get("accuracy"), "loss": row.get("loss"), "asr": row.get("asr"),
-        "precision": det["precision"], "recall": det["recall"], "fpr": det["fpr"],
-        **norm_stats,
-        "round_seconds": row.get("round_seconds"),
-        "rejected": row.get("rejected"),
-        "skipped": row.get("skipped"),
-        "diverged": row.get("diverged", False),
-    }
-
-
 def federation_config(num_supernodes: int, cpus: int | None = None) -> str:
     """``--federation-config`` of a run: one CPU per ClientApp, and Ray started with ``cpus``
     CPUs (default: up to 2) — unless ``RAY_ADDRESS`` names an existing Ray cluster, which Ray's
@@ -259,11 +247,3 @@ def federation_config(num_supernodes: int, cpus: int | None = None) -> str:
     if os.environ.get("RAY_ADDRESS"):
         return federation
     return f"{federation} init-args-num-cpus={cpus or min(2, os.cpu_count() or 1)}"
-
-
-def _data_root_for_fab(cfg: RunConfig) -> str:
-    """The FAB carries code only, not the vendored MNIST files: point the apps at this checkout's
-    copy (same files, same fixed normalisation, so both engines see the same data)."""
-    if cfg.dataset == "mnist" and not cfg.data_root:
-        return str(MNIST_DIR)
-    return cfg.data_root

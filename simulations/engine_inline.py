@@ -1,21 +1,22 @@
 """The inline engine: a whole federated run in one process, with the same client, attack,
-aggregator and aggregation-step code as the Flower ServerApp/ClientApp.
+aggregator and round-core code as the Flower ServerApp/ClientApp.
 
-One round ``t`` (1-based, as Flower's ``server_round``):
+One round ``t`` (1-based, as Flower's ``server_round``) is "train, then the round core":
 
 1. sample the round's clients — all of them when ``clients_per_round = 0``, else
    ``tasks.seeding.seeded_sample(range(num_clients), k, seed, "sample", t)`` (sorted);
-2. every sampled client runs :func:`clients.client.client_update` (honest training, or training
-   on its poisoned data for a data attack), seeded by ``(seed, "client", pid, t)``;
-3. a model attack rewrites the malicious rows through the colluding adversary stage
-   :func:`clients.attacks.adversary.apply_model_attack`, seeded by ``(seed, "attack", t)``;
-4. :func:`server.aggregation.robust_step` aggregates (with FLTrust's server reference update
-   when the rule needs one) and applies ``global += server_lr · update``;
-5. every ``eval_every`` rounds and at the last round: clean test accuracy and loss, and the
-   attack success rate on the attack's ``asr_inputs`` (``server.evaluation.GlobalEvaluator``,
-   the evaluator of the ServerApp).
+2. every sampled client runs :func:`fedshield.clients.client.client_update` (honest training,
+   or training on its poisoned data for a data attack), seeded by ``(seed, "client", pid, t)``,
+   batched with ``torch.func.vmap`` where the model allows;
+3. :class:`fedshield.server.round.RoundCore` does everything after: non-finite rows, the
+   colluding adversary stage (``(seed, "attack", t)``), the too-few-clients skip, FLTrust's
+   reference, the rule, the step, divergence (the last finite model is kept and the run goes on,
+   as on the server), shares, detection, norms and losses;
+4. every ``eval_every`` rounds and at the last round: clean test accuracy and loss, and the
+   attack success rate (``server.evaluation.GlobalEvaluator``, the evaluator of the ServerApp).
 
-Each round yields a metrics row (see :mod:`simulations.metrics` for the definitions).
+Each round's row is the core's :meth:`~fedshield.server.round.RoundRecord.row` plus the
+evaluation and wall-clock keys, the same row the ServerApp writes to ``rounds.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from typing import Any
 
 import torch
 
-from tasks.config import RunConfig
-from tasks.seeding import seeded_sample
+from fedshield.server.round import ClientRow, Hooks
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.seeding import seeded_sample
 
 
 @dataclass
@@ -55,18 +57,10 @@ def sample_clients(cfg: RunConfig, server_round: int) -> list[int]:
                          server_round)
 
 
-def build_attack(cfg: RunConfig, dataset: Any) -> Any:
-    """The scenario's attack object, or None for ``attack = "none"`` / no malicious client
-    (``clients.attacks.attack_from_config``)."""
-    from clients.attacks import attack_from_config
-
-    return attack_from_config(cfg, dataset)
-
-
 def server_reference(task: Any, global_vec: torch.Tensor, server_round: int,
                      cfg: RunConfig) -> torch.Tensor:
     """FLTrust's server update on the root set (the one implementation lives in server/)."""
-    from server.reference import reference_update
+    from fedshield.server.reference import reference_update
 
     return reference_update(task, global_vec, server_round, cfg)
 
@@ -94,7 +88,7 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     ``params − start``). Other models call ``client_update`` per client, each delta written
     into its row of a preallocated (K, d) matrix.
     """
-    from clients.client import ClientUpdate, client_update, local_data, update_boost
+    from fedshield.clients.client import ClientUpdate, client_update, local_data, update_boost
 
     if not task.batched or len(pids) < 2:
         updates = torch.empty(len(pids), task.layout.numel, dtype=torch.float32)
@@ -105,8 +99,8 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
             replies.append(ClientUpdate(delta=row, num_examples=reply.num_examples,
                                         loss=reply.loss))
         return RoundUpdates(updates=updates, replies=replies)
-    from tasks.seeding import torch_generator
-    from tasks.training import train_many
+    from fedshield.tasks.seeding import torch_generator
+    from fedshield.tasks.training import train_many
 
     data = [local_data(task, pid, rnd, attack=attacks.get(pid), cfg=cfg) for pid in pids]
     gens = [torch_generator(cfg.seed, "client", pid, rnd) for pid in pids]
@@ -123,153 +117,53 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     return RoundUpdates(updates=updates, replies=replies)
 
 
-@dataclass
-class _Run:
-    """What every round of a run shares."""
-
-    cfg: RunConfig
-    task: Any
-    rule: Any
-    data_attack: Any
-    model_attack: Any
-    malicious: set[int]
-    evaluator: Any
-
-
-def run_inline(cfg: RunConfig, *,
-               on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
-    """Run ``cfg`` to the end in this process and return its rounds and final vector."""
-    import aggregators
-    from server.evaluation import GlobalEvaluator
-    from tasks.task import get_task
+def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None,
+               hooks: Hooks | None = None) -> RunResult:
+    """Run ``cfg`` to the end in this process and return its rounds and final vector.
+    ``hooks``: explicit timing hooks (:class:`fedshield.server.round.Hooks`) for benchmarks."""
+    from fedshield import aggregators
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.clients.attacks.adversary import adversary_stage
+    from fedshield.server.evaluation import GlobalEvaluator
+    from fedshield.server.round import NoHooks, RoundCore, require_round_size
+    from fedshield.tasks.task import get_task
 
     start = time.perf_counter()
+    hooks = hooks or NoHooks()
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
-    attack = build_attack(cfg, task.dataset)
-    run = _Run(cfg=cfg, task=task, rule=rule,
-               data_attack=attack if attack is not None and attack.kind == "data" else None,
-               model_attack=attack if attack is not None and attack.kind == "model" else None,
-               malicious=set(cfg.malicious_ids()) if attack is not None else set(),
-               evaluator=GlobalEvaluator(task, attack))
+    require_round_size(rule, cfg.per_round)
+    attack = attack_from_config(cfg, task.dataset)
+    malicious = set(cfg.malicious_ids())
+    core = RoundCore(
+        rule, server_lr=cfg.server_lr, adversary=adversary_stage(attack, rule, cfg.seed),
+        reference_fn=(lambda rnd, g: server_reference(task, g, rnd, cfg))
+        if rule.needs_reference else None, hooks=hooks)
+    evaluator = GlobalEvaluator(task, attack if malicious else None)
+    data_attack = attack if attack is not None and attack.kind == "data" else None
     global_vec = task.initial_vector().clone()
     rows: list[dict[str, Any]] = []
     for rnd in range(1, cfg.rounds + 1):
-        row, global_vec = run_round(run, rnd, global_vec)
+        t_round = time.perf_counter()
+        pids = sample_clients(cfg, rnd)
+        with hooks.phase("train"):
+            trained = train_round(task, pids, global_vec, rnd, cfg,
+                                  {pid: data_attack for pid in pids if pid in malicious})
+        t_train = time.perf_counter() - t_round
+        record = core.run(rnd, global_vec, trained.updates, [
+            ClientRow(client_id=pid, partition_id=pid, malicious=pid in malicious,
+                      num_examples=float(r.num_examples), train_loss=float(r.loss), index=k)
+            for k, (pid, r) in enumerate(zip(pids, trained.replies, strict=True))])
+        del trained  # the round's (n, d) matrix is freed before the next round trains
+        global_vec = record.new_vec
+        row = {**record.row(), "accuracy": None, "loss": None, "asr": None,
+               "train_seconds": t_train}
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            with hooks.phase("eval"):
+                row.update(evaluator(global_vec))
+        row["round_seconds"] = time.perf_counter() - t_round
         rows.append(row)
         if on_round is not None:
             on_round(row)
-        if row["diverged"]:
-            break
-    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(run.malicious),
-                     seconds=time.perf_counter() - start)
-
-
-def run_round(run: _Run, rnd: int, global_vec: torch.Tensor) -> tuple[dict[str, Any],
-                                                                       torch.Tensor]:
-    """One round: its metrics row and the new global vector. The round's (n, d) update matrix
-    lives in this frame only, so it is freed before the next round trains."""
-    from clients.attacks.adversary import apply_model_attack
-    from server.aggregation import robust_step
-    from server.validation import Reason, cap_num_examples
-    from tasks.seeding import torch_generator
-
-    cfg, rule, malicious = run.cfg, run.rule, run.malicious
-    t_round = time.perf_counter()
-    pids = sample_clients(cfg, rnd)
-    trained = train_round(run.task, pids, global_vec, rnd, cfg,
-                          {pid: run.data_attack for pid in pids if pid in malicious})
-    t_train = time.perf_counter() - t_round
-    updates = trained.updates
-    num_examples = [r.num_examples for r in trained.replies]
-    losses = [r.loss for r in trained.replies]
-    del trained  # the replies' deltas are views of `updates`: keep no other reference
-    mask = torch.tensor([pid in malicious for pid in pids], dtype=torch.bool)
-    if run.model_attack is not None and bool(mask.any()):
-        updates = apply_model_attack(updates, mask, run.model_attack, aggregator=rule,
-                                     generator=torch_generator(cfg.seed, "attack", rnd))
-    finite = finite_rows(updates)
-    dropped = len(pids) - int(finite.sum())
-    if dropped:
-        keep = finite.tolist()
-        pids = [p for p, k in zip(pids, keep, strict=True) if k]
-        num_examples = [n for n, k in zip(num_examples, keep, strict=True) if k]
-        losses = [loss for loss, k in zip(losses, keep, strict=True) if k]
-        updates, mask = updates[finite], mask[finite]
-    checks = {"rejected": dropped,
-              "rejected_by_reason": {str(Reason.NON_FINITE): dropped} if dropped else {},
-              "skipped": False, "skip_reason": "", "diverged": False}
-    if dropped and len(pids) < rule.min_clients():  # (a round too small as configured raises)
-        checks.update(skipped=True, diverged=not pids,
-                      skip_reason=f"{len(pids)} valid rows, rule {rule.name!r} needs "
-                                  f"{rule.min_clients()}; global model kept")
-        row = {**skipped_row(rnd, pids, mask, losses), **checks}
-    else:
-        reference = (server_reference(run.task, global_vec, rnd, cfg)
-                     if getattr(rule, "needs_reference", False) else None)
-        weights = torch.tensor(cap_num_examples(num_examples), dtype=torch.float32)
-        step = robust_step(global_vec, updates, rule, server_lr=cfg.server_lr,
-                           reference=reference, weights=weights, client_ids=pids)
-        row = {**round_row(rnd, pids, mask, updates, step, rule, losses), **checks}
-        if bool(torch.isfinite(step.new_vec).all()):
-            global_vec = step.new_vec
-        else:
-            row.update(diverged=True, skip_reason="the new global model is not finite; "
-                                                  "last finite model kept, run stopped")
-    row["train_seconds"] = t_train
-    if rnd % cfg.eval_every == 0 or rnd == cfg.rounds or row["diverged"]:
-        row.update(run.evaluator(global_vec))
-    row["round_seconds"] = time.perf_counter() - t_round
-    return row, global_vec
-
-
-def finite_rows(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: which rows hold no NaN/±Inf — one pass, no (n, d) temporary (a float64 sum of
-    float32 values cannot overflow, so it is finite iff every value is; as
-    ``server.validation.stack_updates``)."""
-    if updates.numel() == 0:
-        return torch.ones(updates.shape[0], dtype=torch.bool)
-    return torch.isfinite(updates.sum(dim=1, dtype=torch.float64))
-
-
-def skipped_row(rnd: int, pids: list[int], mask: torch.Tensor,
-                losses: list[float]) -> dict[str, Any]:
-    """The metrics row of a round that aggregated nothing (too few valid rows)."""
-    benign_losses = [loss for loss, m in zip(losses, mask.tolist(), strict=True) if not m]
-    return {
-        "round": rnd, "clients": len(pids),
-        "malicious_in_round": [p for p, m in zip(pids, mask.tolist(), strict=True) if m],
-        "accepted": None, "malicious_share": None, "share_kind": "none",
-        "aggregation_seconds": None, "update_norm": None,
-        "train_loss": sum(benign_losses) / len(benign_losses) if benign_losses else None,
-        "accuracy": None, "loss": None, "asr": None,
-        "precision": None, "recall": None, "fpr": None,
-        "norm_benign": None, "norm_malicious": None, "norm_max": None,
-    }
-
-
-def round_row(rnd: int, pids: list[int], mask: torch.Tensor, updates: torch.Tensor,
-              step: Any, rule: Any, losses: list[float]) -> dict[str, Any]:
-    """The per-round metrics that do not need an evaluation pass (``losses``: the clients'
-    mean training losses, in ``pids`` order)."""
-    from simulations import metrics
-
-    agg = step.aggregation
-    share, share_kind = metrics.malicious_share(agg, updates, mask, rule.name, rule.params())
-    benign_losses = [loss for loss, m in zip(losses, mask.tolist(), strict=True) if not m]
-    row: dict[str, Any] = {
-        "round": rnd,
-        "clients": len(pids),
-        "malicious_in_round": [p for p, m in zip(pids, mask.tolist(), strict=True) if m],
-        "accepted": None if agg.accepted is None else [int(v) for v in agg.accepted.tolist()],
-        "malicious_share": share,
-        "share_kind": share_kind,
-        "aggregation_seconds": float(step.seconds),
-        "update_norm": float(torch.linalg.vector_norm(agg.update.double())),
-        "train_loss": sum(benign_losses) / len(benign_losses) if benign_losses else None,
-        "accuracy": None, "loss": None, "asr": None,
-    }
-    det = metrics.detection(agg.accepted, mask)
-    row.update({k: det[k] for k in ("precision", "recall", "fpr")})
-    row.update(metrics.norm_stats(updates, mask))
-    return row
+    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(malicious)
+                     if attack is not None else [], seconds=time.perf_counter() - start)

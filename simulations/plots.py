@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from simulations.report import Grid, _ordered, _summary, summary_table
+from fedshield.simulations.report import Grid, _ordered, _summary, summary_table
 
 
 def _mean_series(cells: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -26,9 +26,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from simulations import metrics
-from simulations.store import ResultsStore, atomic_write
-from tasks.config import RunConfig
+from fedshield.simulations import metrics
+from fedshield.simulations.store import ResultsStore, atomic_write
+from fedshield.tasks.config import RunConfig
 
 IGNORED_AXES = {"aggregator", "aggregator_params", "attack", "attack_params", "seed", "output_dir"}
 
@@ -223,7 +223,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
         raise ReportError(f"no finished cells in {str(directory)!r} (expected cells/*.json)")
     out_path = Path(out) if out else store.root / "report.md"
     plot_dir = out_path.parent / "plots"
-    from simulations import plots as plotting
+    from fedshield.simulations import plots as plotting
 
     parts = ["# fedshield report", "", scenario_notes(cells), ""]
     all_groups = groups(cells)

@@ -19,9 +19,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from simulations.scenario import Cell, Scenario, cell_id, config_dict
-from simulations.store import ResultsStore
-from tasks.config import RunConfig
+from fedshield.simulations.scenario import Cell, Scenario, cell_id, config_dict
+from fedshield.simulations.store import ResultsStore
+from fedshield.tasks.config import RunConfig
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -72,7 +72,7 @@ def run_cell_safely(payload: dict[str, Any]) -> dict[str, Any]:
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one cell (in a worker or in-process) and return its store record."""
     limit_threads()
-    from simulations import metrics
+    from fedshield.simulations import metrics
 
     cfg = RunConfig.from_dict(payload["config"])
     engine = payload["engine"]
@@ -81,7 +81,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     if engine == "flower":
         import shutil
 
-        from simulations.engine_flower import run_flower
+        from fedshield.simulations.engine_flower import run_flower
 
         run_dir = payload.get("run_dir")
         if run_dir:  # ledger, checkpoints, rounds.jsonl of the ServerApp, kept with the results
@@ -89,7 +89,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
             cfg = cfg.with_updates(output_dir=run_dir)
         result = run_flower(cfg)
     else:
-        from simulations.engine_inline import run_inline
+        from fedshield.simulations.engine_inline import run_inline
 
         result = run_inline(cfg)
     final = result.final_vector.detach().to("cpu").contiguous().float().numpy().tobytes()

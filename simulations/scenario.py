@@ -18,11 +18,9 @@ that a sweep can pair each rule with its own parameters::
     attack     = ["none", "labelflip", { name = "alie", z = 1.0 }]
 
 ``f = "auto"`` (in ``aggregator_params`` or an aggregator table, and in the nested
-``inner_params`` of a pre-aggregator — bucketing, nnm — at any depth) resolves to the number of
-malicious clients the defender is configured to tolerate per round: the scenario's nominal
-malicious count (``num_malicious``, or ``round(malicious_fraction · num_clients)``, whatever the
-attack — so the attack-free cell uses the same rule as the attacked ones), scaled to
-``clients_per_round`` when clients are sampled.
+``inner_params`` of a pre-aggregator — bucketing, nnm — at any depth) resolves to
+``RunConfig.malicious_per_round``: the malicious clients the defender is configured to tolerate
+per round (the same count the attack plans with).
 
 A cell's id is a hash of its resolved run config and engine: the same cell in any sweep has the
 same id, which is how the results store skips finished cells.
@@ -34,14 +32,13 @@ import difflib
 import hashlib
 import itertools
 import json
-import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tasks.config import ConfigError, RunConfig
+from fedshield.tasks.config import ConfigError, RunConfig
 
 
 class ScenarioError(ValueError):
@@ -304,7 +301,7 @@ def resolve_config(values: dict[str, Any]) -> RunConfig:
     except ConfigError as exc:
         raise ScenarioError(str(exc)) from None
     params = cfg.aggregator_params
-    resolved = resolve_auto_f(params, auto_f(cfg))
+    resolved = resolve_auto_f(params, cfg.malicious_per_round)
     return cfg.with_updates(aggregator_params=resolved) if resolved != params else cfg
 
 
@@ -322,25 +319,14 @@ def resolve_auto_f(params: dict[str, Any], f: int) -> dict[str, Any]:
     return out
 
 
-def auto_f(cfg: RunConfig) -> int:
-    """The defender's f: the nominal malicious count, per aggregated round."""
-    if cfg.num_malicious >= 0:
-        nominal = cfg.num_malicious
-    else:
-        nominal = round(cfg.malicious_fraction * cfg.num_clients)
-    if cfg.clients_per_round and cfg.clients_per_round < cfg.num_clients:
-        return math.ceil(nominal * cfg.clients_per_round / cfg.num_clients)
-    return nominal
-
-
 def validate_components(cells: list[Cell]) -> None:
     """Check every rule, attack, dataset, partition and model name/parameter set before a sweep
     starts, so that a typo fails in a second rather than after an hour of other cells."""
-    import aggregators
-    from clients.attacks import AttackError, attack_from_config, available_attacks
-    from tasks.datasets import available_datasets
-    from tasks.models import available_models
-    from tasks.partition import available_partitions
+    from fedshield import aggregators
+    from fedshield.clients.attacks import AttackError, attack_from_config, available_attacks
+    from fedshield.tasks.datasets import available_datasets
+    from fedshield.tasks.models import available_models
+    from fedshield.tasks.partition import available_partitions
 
     _check_names("dataset", {c.config.dataset for c in cells}, available_datasets())
     _check_names("partition", {c.config.partition for c in cells}, available_partitions())
@@ -366,7 +352,7 @@ def validate_components(cells: list[Cell]) -> None:
                 f"round; the scenario aggregates {per_round} (num_clients / clients_per_round)"
             )
         if cfg.attack != "none":
-            probe = cfg if cfg.malicious_count else cfg.with_updates(num_malicious=1)
+            probe = cfg
             try:
                 attack_from_config(probe, _PROBE_DATASET)
             except AttackError as exc:

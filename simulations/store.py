@@ -90,7 +90,7 @@ class ResultsStore:
         finished; :meth:`rebuild_indexes` (end of a sweep, next start) fills it in."""
         atomic_write(self.cells_dir / f"{record['id']}.json", json.dumps(record, default=_json))
         (self.root / "failed" / f"{record['id']}.json").unlink(missing_ok=True)
-        from simulations.metrics import accuracy_drops
+        from fedshield.simulations.metrics import accuracy_drops
 
         drop = accuracy_drops([*self._baselines(record), record]).get(record["id"])
         _append(self.root / "cells.jsonl",
@@ -127,7 +127,7 @@ class ResultsStore:
             if folder.is_dir() else []
 
     def rebuild_indexes(self) -> None:
-        from simulations.metrics import accuracy_drops
+        from fedshield.simulations.metrics import accuracy_drops
 
         cells = self.load_cells()
         drops = accuracy_drops(cells)

@@ -87,15 +87,35 @@ class RunConfig:
         if self.root_bias_class >= 0 and not 0.0 < self.root_p <= 1.0:
             raise ConfigError(f"root_p must be in (0, 1] with root_bias_class, got {self.root_p}")
 
-    # --- derived -------------------------------------------------------------------------
+    # --- derived: the adversary's size (the one definition) ------------------------------------
     @property
-    def malicious_count(self) -> int:
-        if self.attack == "none":
-            return 0
+    def per_round(self) -> int:
+        """Clients sampled (and aggregated) per round: ``clients_per_round``, or every client."""
+        return self.clients_per_round or self.num_clients
+
+    @property
+    def nominal_malicious(self) -> int:
+        """The scenario's malicious count whatever the attack: ``num_malicious``, or
+        ``malicious_fraction · num_clients`` rounded half up (0.25 · 10 → 3; 0.5 · 5 → 3)."""
         if self.num_malicious >= 0:
             return self.num_malicious
-        # half rounds up (20 % of 100 -> 20; 50 % of 5 -> 3), unlike round()'s half-to-even
         return math.floor(self.malicious_fraction * self.num_clients + 0.5)
+
+    @property
+    def malicious_count(self) -> int:
+        """Malicious clients in the federation: the nominal count, 0 without an attack."""
+        return 0 if self.attack == "none" else self.nominal_malicious
+
+    @property
+    def malicious_per_round(self) -> int:
+        """Malicious clients the defender and the attack plan for in one round: the nominal
+        count under full participation, else its expected share of the sample rounded up,
+        ⌈nominal · per_round / num_clients⌉. It is the rule's ``f = "auto"`` (the same for an
+        attack-free cell, so it runs the same rule as the attacked ones) and the attack's m
+        (``boost = "auto"`` = n / m)."""
+        if self.per_round == self.num_clients:
+            return self.nominal_malicious
+        return math.ceil(self.nominal_malicious * self.per_round / self.num_clients - 1e-9)
 
     def malicious_ids(self) -> list[int]:
         """Partition ids of the malicious clients: fixed for the run, chosen by the seed."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.seeding import numpy_rng
+from fedshield.tasks.seeding import numpy_rng
 
 __all__ = ["FederatedSplit", "PartitionError", "available_partitions", "federated_split"]
 

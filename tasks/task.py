@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tasks.config import RunConfig
-from tasks.datasets import Dataset, load_dataset
-from tasks.models import build_model
-from tasks.params import ParamLayout, flatten, load_vector
-from tasks.partition import FederatedSplit, federated_split
-from tasks.seeding import derive_seed
-from tasks.training import TrainConfig, supports_batched
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.datasets import Dataset, load_dataset
+from fedshield.tasks.models import build_model
+from fedshield.tasks.params import ParamLayout, flatten, load_vector
+from fedshield.tasks.partition import FederatedSplit, federated_split
+from fedshield.tasks.seeding import derive_seed
+from fedshield.tasks.training import TrainConfig, supports_batched
 
 __all__ = ["Task", "TaskError", "TaskKey", "clear_cache", "get_task", "task_key"]
 

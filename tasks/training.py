@@ -19,7 +19,7 @@ step to take (no padded steps, no wasted work). It is used only where it wins on
 regression and MLPs, 5-10× per research/DATA.md §4d; models whose class sets
 ``batched_training_wins = False`` (the CNN: under vmap, convolutions become slow grouped
 convolutions) are trained in a plain loop by the same function.
-``python -m tasks.bench_training`` measures the speed-up.
+``fedshield bench training`` measures the speed-up.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from tasks.params import ParamLayout, flatten, load_vector
+from fedshield.tasks.params import ParamLayout, flatten, load_vector
 
 __all__ = [
     "BatchedTrainResult",

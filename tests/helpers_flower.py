@@ -96,7 +96,7 @@ class InProcessGrid:
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.app import Context
 
-        from clients.client_app import train
+        from fedshield.clients.client_app import train
 
         messages = list(messages)
         if not messages:

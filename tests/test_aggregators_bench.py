@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulations import bench_aggregators
+from fedshield.simulations.bench import aggregators as bench_aggregators
 
 
 def test_bench_prints_every_rule_flower_and_the_floors(capsys: pytest.CaptureFixture) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aggregators import AggregatorError, create
-from aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators import AggregatorError, create
+from fedshield.aggregators.distances import pairwise_sq_distances
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:

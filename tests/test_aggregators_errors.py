@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from aggregators import AggregatorError, create
+from fedshield.aggregators import AggregatorError, create
 
 ALL = [("fedavg", {}), ("krum", {"f": 1}), ("multikrum", {"f": 1}), ("median", {}),
        ("trimmedmean", {"f": 1}), ("fltrust", {}), ("bulyan", {"f": 1}), ("geomed", {}),

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from aggregators import create
-from aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators import create
+from fedshield.aggregators.distances import pairwise_sq_distances
 
 flwr_app = pytest.importorskip("flwr.app")
 flwr_strategy = pytest.importorskip("flwr.serverapp.strategy")

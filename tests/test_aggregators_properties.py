@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from aggregators import create
+from fedshield.aggregators import create
 
 ROBUST = [("krum", {"f": 4}), ("multikrum", {"f": 4}), ("median", {}),
           ("trimmedmean", {"f": 4}), ("bulyan", {"f": 4}), ("geomed", {}),

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError, create
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError, create
 
 
 def t(rows: list[list[float]]) -> torch.Tensor:

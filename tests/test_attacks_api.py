@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from clients.attacks import AttackError, DataAttack, ModelAttack, available_attacks, create_attack
+from fedshield.clients.attacks import (
+    AttackError,
+    DataAttack,
+    ModelAttack,
+    available_attacks,
+    create_attack,
+)
 
 NAMES = {
     "labelflip", "backdoor-patch", "backdoor-blend", "backdoor-lighting", "scaling",
@@ -71,8 +77,8 @@ def test_attack_error_is_a_value_error():
 def test_attack_from_config_passes_the_round_context():
     from types import SimpleNamespace
 
-    from clients.attacks import attack_from_config
-    from tasks.config import RunConfig
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.tasks.config import RunConfig
 
     ds = SimpleNamespace(num_classes=10, low=-1.0, high=2.0)
     cfg = RunConfig(num_clients=20, attack="scaling", malicious_fraction=0.2)
@@ -81,17 +87,21 @@ def test_attack_from_config_passes_the_round_context():
                     malicious_fraction=0.2, attack_params={"boost": "auto"})
     assert attack_from_config(cfg, ds).boost == 5.0  # 10 per round, 2 of them malicious
     assert attack_from_config(RunConfig(attack="none"), ds) is None
-    assert attack_from_config(RunConfig(attack="alie", malicious_fraction=0.0), ds) is None
 
 
-def test_attack_from_config_at_least_one_builds_for_node_chosen_attackers():
-    from clients.attacks import attack_from_config
-    from tasks.config import RunConfig
-    from tasks.datasets import load_dataset
+def test_attack_from_config_builds_for_node_chosen_attackers():
+    """No malicious count in the run config (a deployment's node config picks the red team):
+    the attack is built for one malicious client of the round."""
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.datasets import load_dataset
 
     cfg = RunConfig(dataset="digits", num_clients=5, attack="scaling")  # no malicious count
     dataset = load_dataset("digits")
-    assert attack_from_config(cfg, dataset) is None
-    attack = attack_from_config(cfg, dataset, at_least_one=True)
+    attack = attack_from_config(cfg, dataset)
     assert attack is not None and attack.name == "scaling" and attack.boost == 5  # λ = n
-    assert attack_from_config(cfg.with_updates(attack="none"), dataset, at_least_one=True) is None
+    assert attack_from_config(cfg.with_updates(attack="none"), dataset) is None
+    auto = attack_from_config(cfg.with_updates(attack_params={"boost": "auto"}), dataset)
+    assert auto.boost == 5.0  # n / m with m = 1
+
+

@@ -1,17 +1,17 @@
-"""clients.client.client_update: honest training, poisoned training, boosting, seeding."""
+"""fedshield.clients.client.client_update: honest training, poisoned training, boosting, seeding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from clients.attacks import create_attack
-from clients.client import ClientError, client_update, local_data
-from tasks.config import RunConfig
-from tasks.params import flatten, load_vector
-from tasks.seeding import torch_generator
-from tasks.task import get_task
-from tasks.training import train
+from fedshield.clients.attacks import create_attack
+from fedshield.clients.client import ClientError, client_update, local_data
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.params import flatten, load_vector
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.task import get_task
+from fedshield.tasks.training import train
 
 CFG = RunConfig(dataset="digits", partition="iid", num_clients=10, model="logreg", seed=3,
                 lr=0.1, local_epochs=1)
@@ -92,9 +92,9 @@ def test_bad_inputs(task):
 
 
 def test_update_boost_is_the_data_attacks_bound_boost_else_one():
-    from clients.attacks import create_attack
-    from clients.client import update_boost
-    from tasks.config import RunConfig
+    from fedshield.clients.attacks import create_attack
+    from fedshield.clients.client import update_boost
+    from fedshield.tasks.config import RunConfig
 
     cfg = RunConfig(dataset="digits", num_clients=10, attack="scaling", num_malicious=2)
     scaling = create_attack("scaling", num_classes=10, low=0.0, high=1.0)  # boost "n", pending

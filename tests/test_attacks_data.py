@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clients.attacks import AttackError, create_attack
+from fedshield.clients.attacks import AttackError, create_attack
 
 LOW, HIGH = -0.5, 2.0
 

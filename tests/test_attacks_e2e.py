@@ -12,13 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import aggregators
-from clients.attacks import apply_model_attack, attack_from_config
-from clients.client import client_update
-from tasks.config import RunConfig
-from tasks.seeding import torch_generator
-from tasks.task import get_task
-from tasks.training import accuracy_on, evaluate
+from fedshield import aggregators
+from fedshield.clients.attacks import apply_model_attack, attack_from_config
+from fedshield.clients.client import client_update
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.task import get_task
+from fedshield.tasks.training import accuracy_on, evaluate
 
 ROUNDS = 5
 

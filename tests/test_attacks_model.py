@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from clients.attacks import AttackError, apply_model_attack, create_attack
-from clients.attacks.fang import krum_select
-from clients.attacks.model import alie_z
+from fedshield.clients.attacks import AttackError, apply_model_attack, create_attack
+from fedshield.clients.attacks.fang import krum_select
+from fedshield.clients.attacks.model import alie_z
 
 
 def make(name, **params):
@@ -225,8 +225,7 @@ def test_fang_krum_crafted_update_is_selected_by_local_krum():
 
 
 def test_fang_krum_is_the_update_the_real_krum_selects():
-    import aggregators
-
+    from fedshield import aggregators
     if "krum" not in aggregators.available():
         pytest.skip("aggregators.create('krum') is not registered yet (aggregators/krum.py)")
     benign, mal = cloud(8, 20, 12), cloud(3, 20, 13)
@@ -241,7 +240,7 @@ def test_fang_krum_is_the_update_the_real_krum_selects():
 def test_fang_krum_lambda_upper_bound_formula():
     # 3 benign deltas in d = 4, n = 5 clients, c = 1: k = n - c - 2 = 2 nearest, n - 2c - 1 = 2
     rest = torch.tensor([[0.0, 0, 0, 0], [1.0, 0, 0, 0], [0.0, 2, 0, 0]])
-    from clients.attacks.fang import FangKrum
+    from fedshield.clients.attacks.fang import FangKrum
 
     lam = FangKrum.lambda_upper(rest, n=5, c=1)
     sums = [1 + 2, 1 + math.sqrt(5), 2 + math.sqrt(5)]  # Σ of the 2 nearest distances per row
@@ -314,7 +313,7 @@ def test_apply_model_attack_errors():
 
 
 def test_chunked_float64_statistics_match_brute_force(monkeypatch):
-    from clients.attacks import _linalg
+    from fedshield.clients.attacks import _linalg
 
     monkeypatch.setattr(_linalg, "CHUNK", 7)  # force many column chunks
     a, b = cloud(5, 30, 16), cloud(3, 30, 17)
@@ -348,8 +347,7 @@ def test_rules_needing_a_reference_fall_back_to_the_local_surrogate():
 
 
 def test_minmax_tailored_against_krum_keeps_the_crafted_update_selected():
-    import aggregators
-
+    from fedshield import aggregators
     if "krum" not in aggregators.available():
         pytest.skip("aggregators.create('krum') is not registered yet (aggregators/krum.py)")
     benign, mal = cloud(9, 20, 18), cloud(3, 20, 19)

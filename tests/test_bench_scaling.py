@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
 
-from simulations import bench_scaling as sc
-from simulations.bench_simulation import instrument
+from fedshield.simulations.bench import scaling as sc
 
 linux_memory = pytest.mark.skipif(not sc.memory_supported(), reason="needs /proc/self/clear_refs")
 
@@ -46,26 +43,18 @@ def test_peak_rss_counts_transient_buffers():
 @linux_memory
 def test_memory_probe_detects_a_list_kept_beside_the_stack():
     """A fake engine keeps per-client deltas and their stack: held ≈ 2 (n·d·4)."""
-    lib = types.ModuleType("simulations._fake_mem")
-    lib.client_update = lambda d: torch.ones(d)
-    lib.robust_step = lambda updates: updates.mean(0)
-    sys.modules[lib.__name__] = lib
-    try:
-        probe = sc.MemoryProbe()
-        targets = {"train": (("simulations._fake_mem", "client_update"),),
-                   "aggregate": (("simulations._fake_mem", "robust_step"),)}
-        n, d = 8, 500_000
-        with instrument(probe, targets, sub_phases={}):
-            for _ in range(2):
-                deltas = [lib.client_update(d) for _ in range(n)]
-                stacked = torch.stack(deltas)
-                lib.robust_step(stacked)
-                del deltas, stacked
-        assert len(probe.records) == 2
-        held = probe.records[1]["held"] / (n * d * 4)
-        assert 1.9 < held < 2.1
-    finally:
-        del sys.modules[lib.__name__]
+    probe = sc.MemoryProbe()
+    n, d = 8, 500_000
+    for _ in range(2):
+        with probe.phase("train"):
+            deltas = [torch.ones(d) for _ in range(n)]
+        stacked = torch.stack(deltas)
+        with probe.phase("aggregate"):
+            stacked.mean(0)
+        del deltas, stacked
+    assert len(probe.records) == 2
+    held = probe.records[1]["held"] / (n * d * 4)
+    assert 1.9 < held < 2.1
 
 
 def test_synthetic_updates_shape_and_determinism():
@@ -83,8 +72,7 @@ def test_bad_sizes_are_rejected():
 
 @pytest.mark.slow
 def test_tiny_aggregation_scaling_run_writes_plot_and_json(tmp_path, capsys):
-    import aggregators
-
+    from fedshield import aggregators
     if not {"fedavg", "median"} <= set(aggregators.available()):
         pytest.skip("fedavg/median not registered yet")
     png, out = tmp_path / "s.png", tmp_path / "s.json"
@@ -106,8 +94,7 @@ def test_tiny_aggregation_scaling_run_writes_plot_and_json(tmp_path, capsys):
 def test_memory_is_measured_in_a_fresh_process(tmp_path):
     """The child process fills a finite peak ratio for a matrix above the 4 MiB floor; an
     (n, d) copy made by the rule would show as >= 1, FedAvg's mean needs far less than one."""
-    import aggregators
-
+    from fedshield import aggregators
     if "fedavg" not in aggregators.available():
         pytest.skip("fedavg not registered yet")
     out = tmp_path / "m.json"

@@ -1,9 +1,9 @@
 """The memory probe's baseline includes the Task's per-process caches (warm_task_caches)."""
 
-import tasks.task as task_module
-from simulations.bench_scaling import warm_task_caches
-from simulations.engine_inline import run_inline
-from tasks.config import RunConfig
+import fedshield.tasks.task as task_module
+from fedshield.simulations.bench.scaling import warm_task_caches
+from fedshield.simulations.engine_inline import run_inline
+from fedshield.tasks.config import RunConfig
 
 
 def test_warm_task_caches_leaves_nothing_to_gather_or_build_in_the_run(monkeypatch):

@@ -5,68 +5,34 @@ No timed assertions: clocks are faked where a value is asserted."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
-import types
 from itertools import count
 
 import pytest
 
-from simulations import bench_simulation as bs
+from fedshield.simulations.bench import simulation as bs
 
 
-@pytest.fixture
-def fake_modules():
-    """A fake 'defining' module and a fake engine module that imported its functions by name."""
-    lib = types.ModuleType("simulations._fake_lib")
-    calls: list[str] = []
-
-    def train(x):
-        calls.append("train")
-        return x + 1
-
-    def client_update(x):  # calls train: nested, must be timed once
-        calls.append("client_update")
-        return lib.train(x)
-
-    def robust_step(x):
-        calls.append("robust_step")
-        return x * 2
-
-    lib.train, lib.client_update, lib.robust_step = train, client_update, robust_step
-    engine = types.ModuleType("simulations._fake_engine")
-    engine.client_update, engine.robust_step = client_update, robust_step
-    sys.modules[lib.__name__] = lib
-    sys.modules[engine.__name__] = engine
-    yield lib, engine, calls
-    del sys.modules[lib.__name__], sys.modules[engine.__name__]
-
-
-def test_instrument_times_outermost_calls_and_restores(fake_modules):
-    lib, engine, calls = fake_modules
+def test_phase_probe_records_outermost_phases_only():
     ticks = count()
     probe = bs.PhaseProbe(clock=lambda: float(next(ticks)), cpu_clock=lambda: 0.0)
-    targets = {
-        "train": (("simulations._fake_lib", "client_update"), ("simulations._fake_lib", "train")),
-        "aggregate": (("simulations._fake_lib", "robust_step"),),
-        "eval": (("simulations._no_such_module", "evaluate"),),
-    }
-    original = engine.client_update
-    subs = {"sgd": (("simulations._fake_lib", "train"),)}
-    with bs.instrument(probe, targets, subs) as found:
-        assert found == ["simulations._fake_lib.client_update", "simulations._fake_lib.train",
-                         "simulations._fake_lib.robust_step"]
-        assert engine.client_update is not original  # the by-name import is patched too
-        assert engine.client_update(1) == 2
-        assert engine.robust_step(3) == 6
-    assert engine.client_update is original and lib.train.__name__ == "train"
-    assert not hasattr(lib.train, "__wrapped_by_probe__")
-    assert calls == ["client_update", "train", "robust_step"]
-    # fake clock: client_update 0..3 encloses train 1..2, which is not a second "train" event
-    # but is the "sgd" sub-phase event; robust_step 4..5
-    assert probe.events == [bs.Event("sgd", 1.0, 2.0), bs.Event("train", 0.0, 3.0),
-                            bs.Event("aggregate", 4.0, 5.0)]
+    # train 0..3 encloses a nested train 1..2, which is not a second event
+    with probe.phase("train"), probe.phase("train"):
+        pass
+    with probe.phase("aggregate"):  # 4..5
+        pass
+    assert probe.events == [bs.Event("train", 0.0, 3.0), bs.Event("aggregate", 4.0, 5.0)]
+
+
+def test_the_inline_engine_calls_the_hooks_in_round_order():
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.tasks.config import RunConfig
+
+    probe = bs.PhaseProbe()
+    run_inline(RunConfig(num_clients=6, rounds=2, aggregator="median", attack="signflip",
+                         num_malicious=1), hooks=probe)
+    assert [e.phase for e in probe.events] == ["train", "attack", "aggregate", "eval"] * 2
 
 
 def test_split_rounds_hand_computed():
@@ -78,8 +44,7 @@ def test_split_rounds_hand_computed():
     ]
     rounds = bs.split_rounds(events, end=8.0)
     assert [r.wall for r in rounds] == [4.0, 4.0]
-    assert rounds[0].phases == {"train": 2.0, "aggregate": 0.5, "attack": 0.0, "eval": 0.5,
-                                "sgd": 0.0}
+    assert rounds[0].phases == {"train": 2.0, "aggregate": 0.5, "attack": 0.0, "eval": 0.5}
     assert rounds[0].other == pytest.approx(1.5)
     assert rounds[1].phases["train"] == 2.0 and rounds[1].other == pytest.approx(1.0)
 
@@ -134,8 +99,7 @@ def test_table_formats_numbers():
 
 
 def test_rule_params_for_lowers_f_until_the_rule_accepts_n():
-    import aggregators
-
+    from fedshield import aggregators
     if "krum" not in aggregators.available():
         pytest.skip("krum not registered yet")
     params = bs.rule_params_for("krum", 10)
@@ -146,9 +110,9 @@ def test_rule_params_for_lowers_f_until_the_rule_accepts_n():
 
 @pytest.mark.slow
 def test_quick_inline_bench_end_to_end(tmp_path, capsys):
-    pytest.importorskip("simulations.engine_inline")
-    pytest.importorskip("clients.client")
-    pytest.importorskip("tasks.task")
+    pytest.importorskip("fedshield.simulations.engine_inline")
+    pytest.importorskip("fedshield.clients.client")
+    pytest.importorskip("fedshield.tasks.task")
     out = tmp_path / "bench.json"
     code = bs.main(["--engines", "inline", "--clients", "6", "--rounds", "3",
                     "--rules", "fedavg,median", "--json", str(out)])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError
-from aggregators.dnc import keep_lowest, outlier_scores
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError
+from fedshield.aggregators.dnc import keep_lowest, outlier_scores
 
 
 def test_scores_equal_projection_on_top_singular_vector():
@@ -93,7 +93,7 @@ def test_bad_parameters_are_named(params, word):
 
 
 def test_outlier_scores_fall_back_to_svd_when_eigh_does_not_converge(monkeypatch):
-    from aggregators.dnc import outlier_scores
+    from fedshield.aggregators.dnc import outlier_scores
 
     sub = torch.randn(7, 50, generator=torch.Generator().manual_seed(3))
     expected = outlier_scores(sub)

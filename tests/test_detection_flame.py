@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError
-from aggregators.flame import cosine_similarity
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError
+from fedshield.aggregators.flame import cosine_similarity
 
 
 def _five() -> torch.Tensor:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError
-from aggregators.foolsgold import foolsgold_weights
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError
+from fedshield.aggregators.foolsgold import foolsgold_weights
 
 
 def reference_weights(h: np.ndarray, kappa: float = 1.0) -> np.ndarray:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError
-from aggregators.distances import pairwise_sq_distances
-from aggregators.nnm import mixing_matrix
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError
+from fedshield.aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators.nnm import mixing_matrix
 
 
 def _honest_and_outliers(n=14, f=2, d=30, seed=0) -> torch.Tensor:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import aggregators
+from fedshield import aggregators
 
 RULES = {
     "flame": {"lam": 0.01},

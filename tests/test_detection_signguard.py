@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import aggregators
-from aggregators import AggregatorError
-from aggregators.signguard import sign_features
+from fedshield import aggregators
+from fedshield.aggregators import AggregatorError
+from fedshield.aggregators.signguard import sign_features
 
 
 def _hand_case() -> torch.Tensor:

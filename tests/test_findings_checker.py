@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from simulations import findings as fd
-from simulations.findings import Cell, Results
+from fedshield.simulations import findings as fd
+from fedshield.simulations.findings import Cell, Results
 
 
 def cell(rule: str, attack: str, err: float, *, asr=None, seed=0, partition="bias", secs=1.0):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from simulations import findings as fd
-from simulations import scenario as sc
+from fedshield.simulations import findings as fd
+from fedshield.simulations import scenario as sc
 
 PRESETS = ("fltrust-mnist", "fltrust-mnist-smoke", "bucketing-mnist", "alie-ipm")
 
@@ -82,8 +82,8 @@ def test_alie_ipm_preset_gives_bulyan_enough_clients():
 
 @pytest.mark.slow
 def test_smoke_sweep_runs_and_the_checker_reads_it(tmp_path, capsys):
-    from simulations.runner import run_sweep
-    from simulations.store import ResultsStore
+    from fedshield.simulations.runner import run_sweep
+    from fedshield.simulations.store import ResultsStore
 
     scenario = sc.load("fltrust-mnist-smoke")
     cells = sc.expand(scenario)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from server.deploy.local import LocalFederation, descendants, is_alive
-from server.ledger import verify_ledger
+from fedshield.server.deploy.local import LocalFederation, descendants, is_alive
+from fedshield.server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,6 +74,6 @@ def _probe_tls(fed: LocalFederation) -> tuple[str, bytes]:
 
 
 def _intruder_key(fed: LocalFederation) -> Path:
-    from server.deploy.credentials import supernode_keypair
+    from fedshield.server.deploy.credentials import supernode_keypair
 
     return supernode_keypair(fed.workdir / "keys" / "intruder")

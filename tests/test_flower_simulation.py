@@ -13,24 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from server.deploy.local import free_port
-from server.ledger import verify_ledger
+from fedshield.server.deploy.local import free_port
+from fedshield.server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_fab_holds_the_code_not_the_vendored_data():
+def test_fab_holds_the_configuration_and_no_code():
+    """The components are the installed fedshield's: the FAB ships the app's configuration only,
+    so no copy of the code in it can shadow or drift from the installed package."""
     from flwr.cli.build import build_fab_from_disk
-    from flwr.common.constant import FAB_MAX_SIZE
+    from flwr.cli.config_utils import load_and_validate
 
     fab = build_fab_from_disk(REPO)
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
-    assert len(fab) < FAB_MAX_SIZE
-    for module in ("server/server_app.py", "clients/client_app.py", "server/strategy.py",
-                   "aggregators/base.py", "tasks/config.py", "pyproject.toml"):
-        assert module in names
-    assert not [n for n in names if n.endswith(".gz") or n.split("/")[0] == "tests"
-                  or n.startswith("server/deploy/")]
+    assert [n for n in names if not n.startswith(".info/")] == ["pyproject.toml"]
+    config, _ = load_and_validate(REPO / "pyproject.toml", check_module=True)  # raises if bad
+    components = config["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "fedshield.server.server_app:app",
+                          "clientapp": "fedshield.clients.client_app:app"}
 
 
 @pytest.mark.flower
@@ -56,14 +57,14 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
         result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
                                 check=False)
     finally:
-        from simulations.engine_flower import stop_processes
+        from fedshield.simulations.engine_flower import stop_processes
 
         stop_processes(home)  # the detached local SuperLink, its ServerApp/simulation and Ray
     log = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 0, log
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
-    from tasks.config import RunConfig
+    from fedshield.tasks.config import RunConfig
 
     bad = RunConfig(num_clients=5, attack="signflip", num_malicious=1).malicious_ids()
     for row in rows:
@@ -74,6 +75,6 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
     check = verify_ledger(out / "ledger.jsonl")
     assert check.ok and check.rows == 3
     assert (out / "final.pt").exists() and (out / "checkpoints" / "round-000002.pt").exists()
-    from simulations.engine_flower import processes_of
+    from fedshield.simulations.engine_flower import processes_of
 
     assert not processes_of(home)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aggregators import AggregatorError, create
-from server.aggregation import robust_step
+from fedshield.aggregators import AggregatorError, create
+from fedshield.server.aggregation import robust_step
 
 
 def test_server_lr_times_median_hand_computed():

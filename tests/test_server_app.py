@@ -10,10 +10,10 @@ import torch
 from flwr.app import Context, RecordDict
 from helpers_flower import InProcessGrid
 
-from clients.client_app import node_identity
-from server.ledger import verify_ledger
-from server.server_app import ServerAppError, run_server
-from tasks.config import ConfigError, RunConfig
+from fedshield.clients.client_app import node_identity
+from fedshield.server.ledger import verify_ledger
+from fedshield.server.server_app import ServerAppError, run_server
+from fedshield.tasks.config import ConfigError, RunConfig
 
 BASE = dict(dataset="digits", model="logreg", num_clients=4, rounds=2, local_steps=2,
             batch_size=16, partition="iid", seed=3)
@@ -29,7 +29,7 @@ def rows(path):
 
 
 def test_files_and_parity_with_inline_engine(tmp_path):
-    from simulations.engine_inline import run_inline
+    from fedshield.simulations.engine_inline import run_inline
 
     cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
     final = serve(cfg)
@@ -49,7 +49,7 @@ def test_files_and_parity_with_inline_engine(tmp_path):
 @pytest.mark.parametrize("rule, params", [("median", {}), ("trimmedmean", {"beta": 0.2}),
                                           ("krum", {"f": 1})])
 def test_malicious_share_is_the_inline_engines(tmp_path, rule, params):
-    from simulations.engine_inline import run_inline
+    from fedshield.simulations.engine_inline import run_inline
 
     cfg = RunConfig(**{**BASE, "num_clients": 5}, aggregator=rule, aggregator_params=params,
                     attack="labelflip", num_malicious=2, output_dir=str(tmp_path))
@@ -79,22 +79,21 @@ def test_crash_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert verify_ledger(tmp_path / "b" / "ledger.jsonl").ok
 
 
-def test_foolsgold_resume_continues_the_histories_under_new_node_ids(tmp_path):
-    # FoolsGold keeps one history per client id; a resumed Flower simulation renumbers its nodes,
-    # so the histories must be keyed by the reported partition ids and restored from the
-    # checkpoint for the resumed run to equal the uninterrupted one
+def test_foolsgold_resume_continues_the_histories_of_the_same_nodes(tmp_path):
+    # FoolsGold keeps one history per client id, the authenticated node id (a SuperNode keeps its
+    # identity across a server restart); the histories are restored from the checkpoint, so the
+    # resumed run equals the uninterrupted one
     cfg = RunConfig(**{**BASE, "rounds": 3}, aggregator="foolsgold",
                     output_dir=str(tmp_path / "a"))
     reference = serve(cfg)
     crashed = cfg.with_updates(output_dir=str(tmp_path / "b"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         serve(crashed, crash_in_round=3)
-    grid = InProcessGrid(crashed.to_flower(), 4, first_node_id=5001)
-    resumed = run_server(grid, crashed, resume=True)
+    resumed = run_server(InProcessGrid(crashed.to_flower(), 4), crashed, resume=True)
     torch.testing.assert_close(resumed, reference, atol=0, rtol=0)
-    last = rows(tmp_path / "b" / "rounds.jsonl")[-1]
+    last = [r for r in rows(tmp_path / "b" / "ledger.jsonl") if r["kind"] == "round"][-1]
     assert last["round"] == 3
-    assert {d["node_id"] for d in last["decisions"]} == set(range(5001, 5005))
+    assert {d["client_id"] for d in last["clients"]} == set(range(1001, 1005))
 
 
 def test_fltrust_gets_the_server_reference_update(tmp_path):
@@ -102,7 +101,8 @@ def test_fltrust_gets_the_server_reference_update(tmp_path):
     serve(cfg)
     out = rows(tmp_path / "rounds.jsonl")
     assert not out[0]["skipped"] and out[0]["weights"] is not None
-    assert out[0]["decisions"][0]["status"] in ("accepted", "excluded")
+    ledger = [r for r in rows(tmp_path / "ledger.jsonl") if r["kind"] == "round"]
+    assert ledger[0]["clients"][0]["status"] in ("accepted", "excluded")
     assert sum(out[0]["weights"]) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -112,13 +112,13 @@ def test_model_attack_applied_by_adversary_stage_on_reported_malicious(tmp_path)
     serve(cfg)
     bad = cfg.malicious_ids()
     out = rows(tmp_path / "rounds.jsonl")
-    for row in out:
+    ledger_rounds = [r for r in rows(tmp_path / "ledger.jsonl") if r["kind"] == "round"]
+    for row, entry in zip(out, ledger_rounds, strict=True):
         assert not row["skipped"] and sum(row["accepted"]) == 1
         assert row["malicious_in_round"] == bad
-        decisions = {d["partition_id"]: d for d in row["decisions"]}
+        decisions = {d["partition_id"]: d for d in entry["clients"]}
         assert decisions[bad[0]]["malicious"] is True
         assert decisions[bad[0]]["status"] == "excluded"  # krum drops the sign-flipped update
-    ledger_rounds = [r for r in rows(tmp_path / "ledger.jsonl") if r["kind"] == "round"]
     assert ledger_rounds[0]["rule"] == "krum" and ledger_rounds[0]["rule_params"]["f"] == 1
 
 

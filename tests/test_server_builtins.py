@@ -14,8 +14,8 @@ from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, Mult
 from flwr.serverapp.strategy.multikrum import compute_distances
 from helpers_flower import flat, global_record, reply
 
-from aggregators import create
-from server.strategy import RobustStrategy
+from fedshield.aggregators import create
+from fedshield.server.strategy import RobustStrategy
 
 
 def deltas(n: int, seed: int = 0, bad: int = 0) -> np.ndarray:

@@ -1,5 +1,6 @@
 """RobustStrategy on a diverging run: a non-finite new global model or a round whose every reply
-is non-finite is marked ``diverged`` and the last finite model is kept (as the inline engine)."""
+is non-finite is marked ``diverged`` and the last finite model is kept and returned (the round
+core's behaviour, in both engines)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import numpy as np
 import torch
 from helpers_flower import flat, global_record, reply
 
-from aggregators import create
-from server.server_app import rounds_row
-from server.strategy import RobustStrategy
+from fedshield.aggregators import create
+from fedshield.server.strategy import RobustStrategy
 
 
 def _round(strategy: RobustStrategy, replies):
@@ -22,22 +22,24 @@ def test_non_finite_new_global_is_kept_out_and_marked_diverged():
     strategy = RobustStrategy(create("fedavg"), server_lr=1e39)
     new, metrics = _round(strategy, [reply(1, 1.0), reply(2, 2.0)])
     report = strategy.reports[1]
-    assert new is None and metrics["skipped"] == 1  # Flower keeps the previous global model
+    assert metrics["skipped"] == 1
+    np.testing.assert_array_equal(flat(new), flat(global_record()))  # θ_t, returned
     assert report["diverged"] is True and "not finite" in report["skip_reason"]
     assert report["model_hash_before"] == report["model_hash_after"]
     assert torch.isfinite(strategy.latest_vec).all()
     np.testing.assert_array_equal(strategy.latest_vec.numpy(), flat(global_record()))
-    assert rounds_row(report, {})["diverged"] is True
+    assert strategy.records[1].row()["diverged"] is True
 
 
 def test_every_reply_non_finite_is_divergence_some_is_not():
     strategy = RobustStrategy(create("fedavg"))
     nan = np.full(9, np.nan)
     new, metrics = _round(strategy, [reply(1, nan), reply(2, np.full(9, np.inf))])
-    assert new is None and strategy.reports[1]["diverged"] is True
+    assert strategy.reports[1]["diverged"] is True
+    np.testing.assert_array_equal(flat(new), flat(global_record()))
     assert metrics["rejected-non-finite"] == 2
     new, metrics = _round(strategy, [reply(1, nan), reply(2, 1.0)])
     report = strategy.reports[1]
     assert new is not None and report["diverged"] is False and not report["skipped"]
     np.testing.assert_allclose(flat(new), flat(global_record()) + 1.0)
-    assert rounds_row(report, {})["diverged"] is False
+    assert strategy.records[1].row()["diverged"] is False

@@ -9,8 +9,13 @@ import json
 import pytest
 import torch
 
-from server.checkpoint import Checkpoint, CheckpointError, CheckpointStore, check_compatible
-from server.ledger import (
+from fedshield.server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    check_compatible,
+)
+from fedshield.server.ledger import (
     GENESIS,
     Ledger,
     LedgerError,

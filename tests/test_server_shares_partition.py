@@ -4,7 +4,7 @@ definition exactly, on random and on heavily tied inputs."""
 import pytest
 import torch
 
-from server.shares import coordinate_positions, coordinate_share
+from fedshield.server.shares import coordinate_positions, coordinate_share
 
 
 def sorted_share(updates, malicious, positions):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import main
+from fedshield.simulations.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_help_is_fast_and_imports_no_torch():
 
 
 def test_options_before_and_after_the_subcommand_are_the_same():
-    from simulations.cli import build_parser
+    from fedshield.simulations.cli import build_parser
 
     parse = build_parser().parse_args
     assert parse(["--engine", "flower", "run", "smoke"]).engine == "flower"
@@ -67,7 +67,7 @@ def test_list_shows_every_registry(capsys):
 
 
 def test_ledger_verify(tmp_path, capsys):
-    from server.ledger import Ledger
+    from fedshield.server.ledger import Ledger
 
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path)

@@ -1,17 +1,19 @@
 """Diverged runs: non-finite client rows are dropped as the server drops them, a non-finite
-global model stops the run with the last finite model, and the stored cell / report say so."""
+global model is never adopted (the last finite model is kept and the run goes on, as on the
+server), and the stored cell / report say so."""
 
 from dataclasses import asdict
 
 import pytest
 import torch
 
-import simulations.engine_inline as engine
-from server.validation import Reason
-from simulations import report
-from simulations.engine_inline import finite_rows, run_inline
-from tasks.config import RunConfig
-from tasks.task import get_task
+import fedshield.simulations.engine_inline as engine
+from fedshield.server.round import finite_rows
+from fedshield.server.validation import Reason
+from fedshield.simulations import report
+from fedshield.simulations.engine_inline import run_inline
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.task import get_task
 
 TINY = dict(dataset="digits", model="logreg", partition="iid", num_clients=6, rounds=3,
             batch_size=16, lr=0.1)
@@ -71,21 +73,22 @@ def test_every_row_non_finite_is_divergence(monkeypatch):
     cfg = RunConfig(**TINY, aggregator="median")
     _poison_rows(monkeypatch, list(range(6)))
     result = run_inline(cfg)
-    assert len(result.rounds) == 1 and result.rounds[0]["diverged"]
-    assert result.rounds[0]["accuracy"] is not None  # evaluated: the last finite model
+    assert len(result.rounds) == 3 and all(r["diverged"] for r in result.rounds)
+    assert result.rounds[-1]["accuracy"] is not None  # evaluated: the last finite model
     assert torch.equal(result.final_vector, get_task(cfg).initial_vector())
 
 
-def test_non_finite_global_stops_the_run_and_the_cell_says_diverged(tmp_path):
-    from simulations.runner import run_cell
-    from simulations.store import ResultsStore
+def test_non_finite_global_is_never_adopted_and_the_cell_says_diverged(tmp_path):
+    from fedshield.simulations.runner import run_cell
+    from fedshield.simulations.store import ResultsStore
 
     # server_lr 1e39 is +inf in float32: θ_1 = θ_0 + inf · update is not finite at round 1
     cfg = RunConfig(**{**TINY, "rounds": 4}, aggregator="fedavg", server_lr=1e39)
     meta = {"scenario": "div", "order": 0, "rule": "fedavg", "attack": "none", "axes": {}}
     record = run_cell({"config": asdict(cfg), "engine": "inline", "target_accuracy": 0.9,
                        "meta": meta})
-    assert "failed" not in record and len(record["rounds"]) == 1
+    assert "failed" not in record and len(record["rounds"]) == 4
+    assert all(r["diverged"] and r["skipped"] for r in record["rounds"])
     summary = record["summary"]
     assert summary["diverged"] is True and summary["diverged_round"] == 1
     assert summary["final_accuracy"] is not None  # accuracy of θ_0, the last finite model
@@ -107,7 +110,7 @@ def test_non_finite_global_stops_the_run_and_the_cell_says_diverged(tmp_path):
 
 
 def test_summary_of_a_finite_run_is_not_diverged():
-    from simulations.metrics import summarize
+    from fedshield.simulations.metrics import summarize
 
     s = summarize([{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.6}], 0.9)
     assert s["diverged"] is False and s["diverged_round"] is None

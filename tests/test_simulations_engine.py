@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from simulations.engine_inline import run_inline, sample_clients, train_round
-from tasks.config import RunConfig
+from fedshield.simulations.engine_inline import run_inline, sample_clients, train_round
+from fedshield.tasks.config import RunConfig
 
 TINY = dict(dataset="digits", model="logreg", partition="iid", num_clients=6, rounds=2,
             batch_size=16, lr=0.1)
@@ -43,9 +43,9 @@ def test_sampling_is_seeded_sorted_and_full_when_zero():
 
 
 def test_batched_round_equals_client_update_per_client():
-    from clients.attacks import attack_from_config
-    from clients.client import client_update
-    from tasks.task import get_task
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.clients.client import client_update
+    from fedshield.tasks.task import get_task
 
     cfg = RunConfig(**{**TINY, "model": "mlp"}, attack="labelflip",
                     attack_params={"boost": 3.0}, num_malicious=2)
@@ -62,7 +62,7 @@ def test_batched_round_equals_client_update_per_client():
 
 @pytest.mark.flower
 def test_inline_and_flower_engines_give_the_same_final_model(tmp_path):
-    from simulations.engine_flower import processes_of, run_flower
+    from fedshield.simulations.engine_flower import processes_of, run_flower
 
     cfg = RunConfig(**{**TINY, "rounds": 3}, aggregator="median", attack="signflip",
                     num_malicious=1, output_dir=str(tmp_path / "flower"))

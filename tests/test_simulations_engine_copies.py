@@ -4,14 +4,14 @@ the straightforward computation."""
 
 import torch
 
-import tasks.task as task_module
-from clients.attacks import attack_from_config
-from clients.client import local_data
-from simulations.engine_inline import train_round
-from tasks.config import RunConfig
-from tasks.seeding import torch_generator
-from tasks.task import get_task
-from tasks.training import train_many
+import fedshield.tasks.task as task_module
+from fedshield.clients.attacks import attack_from_config
+from fedshield.clients.client import local_data
+from fedshield.simulations.engine_inline import train_round
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.task import get_task
+from fedshield.tasks.training import train_many
 
 MLP = dict(dataset="digits", model="mlp", partition="dirichlet", num_clients=8, rounds=2,
            batch_size=16, lr=0.1)
@@ -63,10 +63,10 @@ def _probe_run(monkeypatch, cfg):
     train_many's result and of the matrix robust_step receives."""
     import gc
 
-    import server.aggregation as aggregation
-    import simulations.engine_inline as engine
-    import tasks.training as training
-    from simulations.bench_scaling import live_tensor_bytes
+    import fedshield.server.round as round_core
+    import fedshield.simulations.engine_inline as engine
+    import fedshield.tasks.training as training
+    from fedshield.simulations.bench.scaling import live_tensor_bytes
 
     task = get_task(cfg)
     for pid in range(cfg.num_clients):
@@ -79,7 +79,7 @@ def _probe_run(monkeypatch, cfg):
         return live_tensor_bytes() - baseline
 
     real_round, real_many = engine.train_round, training.train_many
-    real_step = aggregation.robust_step
+    real_step = round_core.robust_step
 
     def probed_round(*a, **k):
         rec["train"].append(census())
@@ -97,7 +97,7 @@ def _probe_run(monkeypatch, cfg):
 
     monkeypatch.setattr(engine, "train_round", probed_round)
     monkeypatch.setattr(training, "train_many", probed_many)
-    monkeypatch.setattr(aggregation, "robust_step", probed_step)
+    monkeypatch.setattr(round_core, "robust_step", probed_step)
     gc.collect()
     baseline = live_tensor_bytes()
     result = engine.run_inline(cfg)
@@ -126,7 +126,7 @@ def test_model_attack_round_holds_only_the_attacked_matrix(monkeypatch):
 
 
 def test_loop_path_writes_client_update_deltas_into_one_matrix(monkeypatch):
-    from clients.client import client_update
+    from fedshield.clients.client import client_update
 
     monkeypatch.setattr(task_module.Task, "batched", property(lambda self: False))
     cfg = RunConfig(**MLP, attack="labelflip", attack_params={"boost": 3.0}, num_malicious=2)

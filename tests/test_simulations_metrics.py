@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from aggregators import Aggregation
-from simulations import metrics
+from fedshield.aggregators import Aggregation
+from fedshield.simulations import metrics
 
 
 def test_detection_counts_rejected_clients_as_flagged():
@@ -84,8 +84,7 @@ def test_norm_stats():
 
 
 def test_trimmed_mean_share_with_beta_params_as_the_rule_reports_them():
-    import aggregators
-
+    from fedshield import aggregators
     # rule.params() holds both keys, the unused one None: beta=0.2 of n=5 trims 1 per side
     params = aggregators.create("trimmedmean", beta=0.2).params()
     assert metrics.trimmed_count(5, params) == 1 and metrics.trimmed_count(10, {"f": 3}) == 3

@@ -4,7 +4,7 @@ the float64 computation to float tolerance, including rows at the float32 range 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from simulations.metrics import norm_stats
+from fedshield.simulations.metrics import norm_stats
 
 
 def float64_stats(updates, malicious):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from simulations.report import ReportError, write_report
-from simulations.store import ResultsStore
+from fedshield.simulations.report import ReportError, write_report
+from fedshield.simulations.store import ResultsStore
 
 RULES = ["fedavg", "krum(f=2)", "median"]
 ATTACKS = ["none", "labelflip", "backdoor-patch"]

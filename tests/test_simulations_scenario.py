@@ -2,8 +2,8 @@
 
 import pytest
 
-from simulations import scenario as sc
-from simulations.scenario import ScenarioError
+from fedshield.simulations import scenario as sc
+from fedshield.simulations.scenario import ScenarioError
 
 
 def test_unknown_key_is_named_with_a_suggestion():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations import scenario as sc
-from simulations.runner import run_sweep
-from simulations.store import ResultsStore
+from fedshield.simulations import scenario as sc
+from fedshield.simulations.runner import run_sweep
+from fedshield.simulations.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["rounds=2", "num_clients=6", "attack=['none', 'labelflip']",
@@ -53,8 +53,8 @@ def test_killed_sweep_resumes_without_recomputing_or_duplicating(tmp_path):
         'partition = "iid"\nnum_clients = 6\nrounds = 3\nmalicious_fraction = 0.34\n'
         'aggregator = ["fedavg", "median"]\nattack = ["none", "labelflip", "signflip"]\n'
         'seeds = [0, 1]\n')
-    cmd = [sys.executable, "-m", "simulations.cli", "run", str(scenario), "--out", str(out),
-           "--no-report"]
+    cmd = [sys.executable, "-m", "fedshield.simulations.cli", "run", str(scenario),
+           "--out", str(out), "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -94,7 +94,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_appended_index_rows_get_the_drop_when_the_twin_is_done(tmp_path):
-    from tests.test_simulations_report import fake_cell
+    from test_simulations_report import fake_cell
 
     store = ResultsStore(tmp_path)
     store.prepare()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import datasets as D
-from tasks.datasets import DatasetError, load_dataset, read_idx
+from fedshield.tasks import datasets as D
+from fedshield.tasks.datasets import DatasetError, load_dataset, read_idx
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from tasks.models import ModelError, available_models, build_model
-from tasks.params import (
+from fedshield.tasks.models import ModelError, available_models, build_model
+from fedshield.tasks.params import (
     ParamLayout,
     ParamsError,
     arrayrecord_to_vector,
@@ -16,7 +16,7 @@ from tasks.params import (
     to_arrayrecord,
     unflatten,
 )
-from tasks.seeding import SeedError, derive_seed, numpy_rng, torch_generator
+from fedshield.tasks.seeding import SeedError, derive_seed, numpy_rng, torch_generator
 
 
 def test_derive_seed_stable_typed_and_distinct():

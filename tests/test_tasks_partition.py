@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.partition import PartitionError, available_partitions, federated_split
+from fedshield.tasks.partition import PartitionError, available_partitions, federated_split
 
 # 10 balanced classes of 1000: shard and group arithmetic is then exact.
 LABELS = np.repeat(np.arange(10), 1000)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import RunConfig
-from tasks.params import flatten
-from tasks.task import TaskError, get_task, task_key
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.params import flatten
+from fedshield.tasks.task import TaskError, get_task, task_key
 
 
 def test_task_cached_by_task_fields_only():
@@ -65,8 +65,8 @@ def test_root_bias_from_config():
 
 def test_fedavg_on_digits_end_to_end_with_train_many():
     """The pieces compose: 10 IID clients, 5 FedAvg rounds of 1 local epoch reach > 90 %."""
-    from tasks.seeding import torch_generator
-    from tasks.training import evaluate, train_many
+    from fedshield.tasks.seeding import torch_generator
+    from fedshield.tasks.training import evaluate, train_many
 
     cfg = RunConfig(dataset="digits", num_clients=10, partition="iid", model="mlp", lr=0.1,
                     momentum=0.9, batch_size=16, local_epochs=1, seed=0)  # fmt: skip
@@ -83,7 +83,7 @@ def test_fedavg_on_digits_end_to_end_with_train_many():
 
 
 def test_seeded_sample_is_sorted_distinct_and_reproducible():
-    from tasks.seeding import seeded_sample
+    from fedshield.tasks.seeding import seeded_sample
 
     first = seeded_sample([9, 3, 7, 1, 5], 3, 0, "sample", 1)
     assert first == sorted(first) and len(set(first)) == 3 and set(first) <= {1, 3, 5, 7, 9}

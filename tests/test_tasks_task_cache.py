@@ -2,9 +2,9 @@
 
 import torch
 
-import tasks.task as task_module
-from tasks.config import RunConfig
-from tasks.task import clear_cache, get_task
+import fedshield.tasks.task as task_module
+from fedshield.tasks.config import RunConfig
+from fedshield.tasks.task import clear_cache, get_task
 
 CFG = dict(dataset="digits", model="mlp", partition="dirichlet", num_clients=5, root_size=20)
 
@@ -56,9 +56,9 @@ def test_client_and_root_data_are_gathered_once_with_the_partition_values(monkey
 def test_scratch_model_is_built_once_per_role_and_reference_reuses_it():
     import torch
 
-    from server.reference import reference_update
-    from tasks.config import RunConfig
-    from tasks.task import get_task
+    from fedshield.server.reference import reference_update
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.task import get_task
 
     cfg = RunConfig(dataset="digits", num_clients=4, root_size=50)
     task = get_task(cfg)

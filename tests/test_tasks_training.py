@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.datasets import load_dataset
-from tasks.models import build_model
-from tasks.params import flatten, load_vector
-from tasks.partition import federated_split
-from tasks.seeding import torch_generator
-from tasks.training import (
+from fedshield.tasks.datasets import load_dataset
+from fedshield.tasks.models import build_model
+from fedshield.tasks.params import flatten, load_vector
+from fedshield.tasks.partition import federated_split
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.training import (
     TrainConfig,
     TrainingError,
     accuracy_on,

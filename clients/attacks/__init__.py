@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from clients.attacks import data, fang, minmax, model  # noqa: F401  (register the attacks)
-from clients.attacks.adversary import apply_model_attack
-from clients.attacks.base import (
+from fedshield.clients.attacks import data, fang, minmax, model  # noqa: F401  (register the attacks)
+from fedshield.clients.attacks.adversary import apply_model_attack
+from fedshield.clients.attacks.base import (
     CONTEXT_ARGS,
     AttackError,
     DataAttack,
     ModelAttack,
     constructor_params,
     registry,
-    round_counts,
 )
 
 
@@ -58,27 +57,22 @@ def create_attack(
     return cls(**{k: v for k, v in context.items() if k in accepted}, **params)
 
 
-def attack_from_config(cfg: Any, dataset: Any, *,
-                       at_least_one: bool = False) -> DataAttack | ModelAttack | None:
-    """The attack of a :class:`tasks.config.RunConfig` on a :class:`tasks.datasets.Dataset`, or
-    None (``attack="none"`` or no malicious client). Passes the context ``boost="auto"`` / ``"n"``
-    need: num_clients = clients aggregated per round (``clients_per_round`` or ``num_clients``) and
-    num_malicious = the malicious share of them (``malicious_count`` scaled to a round, ≥ 1), so
-    "auto" = n / m and "n" = n of the round.
+def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | None:
+    """The attack of a :class:`fedshield.tasks.config.RunConfig` on a dataset, or None for
+    ``attack = "none"``: the one builder the inline engine, the ServerApp (adversary stage, ASR
+    inputs) and the ClientApp (data poisoning) share.
 
-    ``at_least_one``: when the run config names no malicious client (in a deployment a node's
-    ``--node-config malicious=true`` decides), build the attack as if one client were malicious.
+    The size it is built for is the run config's (``per_round``, ``malicious_per_round``): n =
+    the clients aggregated per round, m = the malicious ones among them, so ``boost = "auto"`` is
+    n / m and ``"n"`` is n. When the run config names no malicious client (a deployment's
+    red-team node is chosen by its node config), m = 1.
     """
     if cfg.attack == "none":
         return None
-    if cfg.malicious_count == 0:
-        if not at_least_one:
-            return None
-        cfg = cfg.with_updates(num_malicious=1)
-    per_round, num_malicious = round_counts(cfg)
     return create_attack(
         cfg.attack, num_classes=dataset.num_classes, low=dataset.low, high=dataset.high,
-        num_clients=per_round, num_malicious=num_malicious, **cfg.attack_params,
+        num_clients=cfg.per_round, num_malicious=max(1, cfg.malicious_per_round),
+        **cfg.attack_params,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from clients.attacks.base import AttackError
+from fedshield.clients.attacks.base import AttackError
 
 #: columns per float64 chunk: statistics are exact in float64 while the extra memory stays at
 #: n · CHUNK · 8 bytes whatever d is (a CNN's d = 10⁶ would need gigabytes in one piece).

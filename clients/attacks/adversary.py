@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from clients.attacks.base import AttackError, ModelAttack
+from fedshield.clients.attacks.base import AttackError, ModelAttack
 
 
 def apply_model_attack(
@@ -24,7 +24,25 @@ def apply_model_attack(
     aggregator: Callable[[torch.Tensor], Any] | None = None,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Return a copy of ``updates`` (n, d) whose malicious rows are replaced by the attack's output.
+    """Return a copy of ``updates`` (n, d) whose malicious rows are replaced by the attack's output
+    (:func:`craft_malicious_rows`)."""
+    out = updates.clone()
+    mask = _check_mask(updates, malicious_mask)
+    if bool(mask.any()):
+        out[mask] = craft_malicious_rows(updates, mask, attack, aggregator=aggregator,
+                                         generator=generator)
+    return out
+
+
+def craft_malicious_rows(
+    updates: torch.Tensor,
+    malicious_mask: torch.Tensor,
+    attack: ModelAttack,
+    *,
+    aggregator: Callable[[torch.Tensor], Any] | None = None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The attack's (f, d) rows for the malicious rows of ``updates`` (n, d), in row order.
 
     ``malicious_mask`` (n,) bool marks the malicious rows; n and f = mask.sum() are passed to the
     attack as ``num_clients`` and ``f``. The benign rows are passed only if
@@ -34,6 +52,21 @@ def apply_model_attack(
     """
     if not isinstance(attack, ModelAttack):
         raise AttackError(f"apply_model_attack needs a model attack, got {type(attack).__name__}")
+    mask = _check_mask(updates, malicious_mask)
+    f = int(mask.sum())
+    if f == 0:
+        return updates[mask].clone()
+    benign = updates[~mask] if attack.knowledge == "omniscient" else None
+    if benign is not None and benign.shape[0] == 0:
+        raise AttackError(
+            f"attack {attack.name!r} is omniscient but the round has no benign update "
+            f"(all {f} clients are malicious)"
+        )
+    return attack(updates[mask], benign, aggregator=aggregator, num_clients=updates.shape[0],
+                  f=f, generator=generator)
+
+
+def _check_mask(updates: torch.Tensor, malicious_mask: torch.Tensor) -> torch.Tensor:
     if not isinstance(updates, torch.Tensor) or updates.dim() != 2:
         raise AttackError("updates must be a 2-D tensor (n, d)")
     mask = torch.as_tensor(malicious_mask)
@@ -42,18 +75,21 @@ def apply_model_attack(
             f"malicious_mask must be a bool tensor of shape ({updates.shape[0]},), "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
-    out = updates.clone()
-    f = int(mask.sum())
-    if f == 0:
-        return out
-    benign = updates[~mask] if attack.knowledge == "omniscient" else None
-    if benign is not None and benign.shape[0] == 0:
-        raise AttackError(
-            f"attack {attack.name!r} is omniscient but the round has no benign update "
-            f"(all {f} clients are malicious)"
-        )
-    out[mask] = attack(
-        updates[mask], benign, aggregator=aggregator, num_clients=updates.shape[0], f=f,
-        generator=generator,
-    )
-    return out
+    return mask
+
+
+def adversary_stage(attack: Any, rule: Any, seed: int
+                    ) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The round core's ``adversary`` for a run (None unless ``attack`` is a model attack): round
+    ``t`` returns :func:`craft_malicious_rows` with the real ``rule`` (for adaptive attacks) and
+    the generator ``(seed, "attack", t)``; the core writes them into its matrix in place (no
+    second (n, d) matrix). The inline engine and the simulation ServerApp use it."""
+    if not isinstance(attack, ModelAttack):
+        return None
+    from fedshield.tasks.seeding import torch_generator
+
+    def stage(rnd: int, updates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return craft_malicious_rows(updates, mask, attack, aggregator=rule,
+                                    generator=torch_generator(seed, "attack", rnd))
+
+    return stage

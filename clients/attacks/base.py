@@ -264,14 +264,6 @@ def check_label(attack: str, pname: str, value: Any, num_classes: int) -> int:
     return int(value)
 
 
-def round_counts(cfg: Any) -> tuple[int, int]:
-    """(n, m) of a round of a :class:`tasks.config.RunConfig`: n = clients aggregated per round
-    (``clients_per_round`` or ``num_clients``), m = the malicious share of them
-    (``malicious_count`` scaled to a round, at least 1)."""
-    per_round = cfg.clients_per_round or cfg.num_clients
-    return per_round, max(1, round(cfg.malicious_count * per_round / cfg.num_clients))
-
-
 def resolve_boost(
     attack: str,
     value: Any,

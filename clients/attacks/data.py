@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks.base import (
+from fedshield.clients.attacks.base import (
     AttackError,
     DataAttack,
     check_choice,

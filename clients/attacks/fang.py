@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import call_rule, can_call, mean, sq_dists, std
-from clients.attacks.base import (
+from fedshield.clients.attacks._linalg import call_rule, can_call, mean, sq_dists, std
+from fedshield.clients.attacks.base import (
     AttackError,
     ModelAttack,
     check_positive,

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import (
+from fedshield.clients.attacks._linalg import (
     call_rule,
     can_call,
     gamma_search,
@@ -38,7 +38,7 @@ from clients.attacks._linalg import (
     sq_dists,
     std,
 )
-from clients.attacks.base import (
+from fedshield.clients.attacks.base import (
     AttackError,
     ModelAttack,
     check_choice,

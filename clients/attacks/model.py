@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from clients.attacks._linalg import gram, mean, std
-from clients.attacks.base import (
+from fedshield.clients.attacks._linalg import gram, mean, std
+from fedshield.clients.attacks.base import (
     AttackError,
     ModelAttack,
     check_choice,

@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.deploy.credentials import Credentials, generate, supernode_keypair
+from fedshield.server.deploy.credentials import Credentials, generate, supernode_keypair
 
 CONNECTION = "fedshield-tls"
 REPO = Path(__file__).resolve().parent.parent

@@ -1,8 +1,8 @@
 """Benchmark: batched (vmap) client training against training the clients one by one.
 
-    python -m tasks.bench_training                        # digits, logreg+mlp+cnn, 100 clients
-    python -m tasks.bench_training --dataset mnist --models mlp --clients 100 --repeats 3
-    python -m tasks.bench_training --local-steps 1        # FedSGD (FLTrust's setting)
+    fedshield bench training                        # digits, logreg+mlp+cnn, 100 clients
+    fedshield bench training --dataset mnist --models mlp --clients 100 --repeats 3
+    fedshield bench training --local-steps 1        # FedSGD (FLTrust's setting)
 
 For each model it trains the same K clients (a ``dirichlet`` split, seeded generators) with
 ``train_many(method="loop")`` and ``train_many(method="vmap")``, prints the median wall time of
@@ -28,16 +28,17 @@ import time
 
 import torch
 
-from tasks.datasets import load_dataset
-from tasks.models import available_models, build_model
-from tasks.params import flatten
-from tasks.partition import federated_split
-from tasks.seeding import torch_generator
-from tasks.training import TrainConfig, train_many
+from fedshield.tasks.datasets import load_dataset
+from fedshield.tasks.models import available_models, build_model
+from fedshield.tasks.params import flatten
+from fedshield.tasks.partition import federated_split
+from fedshield.tasks.seeding import torch_generator
+from fedshield.tasks.training import TrainConfig, train_many
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tasks.bench_training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedshield bench training",
+                                     description=__doc__)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--models", default="logreg,mlp,cnn", help="comma-separated")
     parser.add_argument("--clients", type=int, default=100)

@@ -13,12 +13,12 @@ command, so that both see the same machine load. Printed per engine:
   client updates per second (clients per round / median round);
 - the ratio inline / Flower of rounds per second (target >= 10x at 100 clients).
 
-For the inline engine the round is split into phases by wrapping, for the duration of the run, the
-project functions that do the work (see :data:`PHASE_TARGETS`): ``train`` (local SGD of clients
-and FLTrust's root training), ``aggregate`` (``server.aggregation.robust_step``), ``attack`` (the
-colluding adversary stage), ``eval`` (test-set evaluation). ``other`` = round wall − train −
-aggregate (it includes eval, the adversary and everything the engine does between: parameter
-loading, stacking the (n, d) matrix, bookkeeping). Target: other <= 10 % of the round.
+For the inline engine the round is split into phases by the explicit timing hooks of the engine
+and the round core (``run_inline(cfg, hooks=probe)``, :class:`fedshield.server.round.Hooks`):
+``train`` (local SGD of clients and FLTrust's root training), ``attack`` (the colluding adversary
+stage), ``aggregate`` (the rule and the step), ``eval`` (test-set evaluation). ``other`` = round
+wall − train − aggregate (it includes eval, the adversary and everything the engine does between:
+parameter loading, bookkeeping). Target: other <= 10 % of the round.
 
 ``--rules all`` adds the aggregation-share table: every registered rule at the scenario, inline
 engine, with aggregation time as a share of the round (target <= 10 %).
@@ -29,8 +29,6 @@ Timings are wall clock on a shared machine: read medians and the ratios measured
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 import itertools
 import json
 import math
@@ -46,25 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# phase -> (module, attribute) of the functions whose outermost calls are timed as that phase
-PHASE_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
-    "train": (
-        ("simulations.engine_inline", "train_round"),
-        ("clients.client", "client_update"),
-        ("tasks.training", "train_many"),
-        ("tasks.training", "train"),
-    ),
-    "aggregate": (("server.aggregation", "robust_step"),),
-    "attack": (("clients.attacks.adversary", "apply_model_attack"),),
-    "eval": (("tasks.training", "evaluate"), ("tasks.training", "accuracy_on")),
-}
-# sub-phase: the SGD itself, also recorded when nested in a "train" call (so "train" − "sgd" is
-# the clients' set-up: data gathering, generators, template model, deltas)
-SUB_PHASES: dict[str, tuple[tuple[str, str], ...]] = {
-    "sgd": (("tasks.training", "train_many"), ("tasks.training", "train")),
-}
-PHASES = (*PHASE_TARGETS, *SUB_PHASES)
-PROJECT_PACKAGES = ("simulations", "server", "clients", "tasks", "aggregators")
+PHASES = ("train", "attack", "aggregate", "eval")
 
 DEFAULT_SCENARIO: dict[str, Any] = {
     "dataset": "digits",
@@ -94,92 +74,26 @@ class Event:
 
 @dataclass
 class PhaseProbe:
-    """Records (phase, start, end) of the outermost instrumented call; nested calls (``train``
-    inside ``client_update``) are not counted twice. A function that also belongs to a sub-phase
-    (``sgd``) records a sub-phase event when no call of that sub-phase encloses it."""
+    """The engine's timing hooks: records (phase, start, end) of every outermost ``phase``
+    block (a phase opened inside another is part of the enclosing one, never counted twice)."""
 
     events: list[Event] = field(default_factory=list)
     _depth: int = 0
-    _sub_depth: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = time.perf_counter
     cpu_clock: Callable[[], float] = time.process_time
 
-    def wrap(self, phase: str, func: Callable[..., Any], sub: str | None = None
-             ) -> Callable[..., Any]:
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            record = self._depth == 0
-            record_sub = sub is not None and self._sub_depth.get(sub, 0) == 0
-            self._depth += 1
-            if sub is not None:
-                self._sub_depth[sub] = self._sub_depth.get(sub, 0) + 1
-            start, cpu_start = self.clock(), self.cpu_clock()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                end, cpu_end = self.clock(), self.cpu_clock()
-                if record:
-                    self.events.append(Event(phase, start, end, cpu_start, cpu_end))
-                if record_sub and sub is not None:
-                    self.events.append(Event(sub, start, end, cpu_start, cpu_end))
-                self._depth -= 1
-                if sub is not None:
-                    self._sub_depth[sub] -= 1
-
-        timed.__wrapped_by_probe__ = func  # type: ignore[attr-defined]
-        return timed
-
-
-def _project_modules() -> list[Any]:
-    return [
-        mod
-        for name, mod in list(sys.modules.items())
-        if mod is not None and name.split(".")[0] in PROJECT_PACKAGES
-    ]
-
-
-def _swap(old: Any, new: Any) -> int:
-    """Rebind every project-module attribute that *is* ``old`` to ``new``; returns the count."""
-    count = 0
-    for mod in _project_modules():
-        for attr, value in list(vars(mod).items()):
-            if value is old:
-                setattr(mod, attr, new)
-                count += 1
-    return count
-
-
-@contextmanager
-def instrument(
-    probe: Any,
-    targets: dict[str, tuple[tuple[str, str], ...]] = PHASE_TARGETS,
-    sub_phases: dict[str, tuple[tuple[str, str], ...]] = SUB_PHASES,
-) -> Iterator[list[str]]:
-    """Within the block, the target functions are wrapped by ``probe`` in their defining module
-    and wherever a project module imported them by name. Yields the targets found (a missing
-    module or attribute is skipped: not every engine uses every function)."""
-    swapped: list[tuple[Any, Any]] = []
-    found: list[str] = []
-    sub_of = {entry: sub for sub, entries in sub_phases.items() for entry in entries}
-    try:
-        for phase, entries in targets.items():
-            for module_name, attr in entries:
-                try:
-                    module = importlib.import_module(module_name)
-                except ImportError:
-                    continue
-                original = getattr(module, attr, None)
-                if original is None or hasattr(original, "__wrapped_by_probe__"):
-                    continue
-                sub = sub_of.get((module_name, attr))
-                wrapper = probe.wrap(phase, original, sub) if sub else probe.wrap(phase, original)
-                _swap(original, wrapper)
-                swapped.append((original, wrapper))
-                found.append(f"{module_name}.{attr}")
-        yield found
-    finally:
-        for original, wrapper in swapped:
-            _swap(wrapper, original)
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        record = self._depth == 0
+        self._depth += 1
+        start, cpu_start = self.clock(), self.cpu_clock()
+        try:
+            yield
+        finally:
+            end, cpu_end = self.clock(), self.cpu_clock()
+            self._depth -= 1
+            if record:
+                self.events.append(Event(name, start, end, cpu_start, cpu_end))
 
 
 @dataclass(frozen=True)
@@ -279,16 +193,15 @@ def clients_per_round(cfg: Any) -> int:
 def measure_inline(cfg: Any) -> EngineMeasurement:
     """Run ``cfg`` under the inline engine with the phase probe on."""
     t_import = time.perf_counter()
-    from simulations.engine_inline import run_inline
+    from fedshield.simulations.engine_inline import run_inline
 
     import_seconds = time.perf_counter() - t_import
     probe = PhaseProbe()
-    with instrument(probe) as found:
-        t0 = time.perf_counter()
-        run_inline(cfg)
-        t1, cpu1 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
+    run_inline(cfg, hooks=probe)
+    t1, cpu1 = time.perf_counter(), time.process_time()
     rounds = split_rounds(probe.events, t1, cpu1)
-    notes = [f"instrumented: {', '.join(found)}"]
+    notes: list[str] = []
     if len(rounds) != cfg.rounds:
         notes.append(f"probe saw {len(rounds)} rounds for rounds={cfg.rounds}")
     first_train = min((e.start for e in probe.events if e.phase == "train"), default=t1)
@@ -358,7 +271,7 @@ class RowWatcher(threading.Thread):
 def measure_flower(cfg: Any) -> EngineMeasurement:
     """Run ``cfg`` under the Flower Simulation Engine; per-round walls from the times at which
     the ServerApp's ``rounds.jsonl`` rows appear (polled every 20 ms)."""
-    from simulations.engine_flower import run_flower
+    from fedshield.simulations.engine_flower import run_flower
 
     work = Path(tempfile.mkdtemp(prefix="fedshield-bench-flower-"))
     out_dir = Path(cfg.output_dir) if cfg.output_dir else work / "out"
@@ -430,8 +343,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
 def rule_params_for(rule: str, num_clients: int, given: dict[str, Any] | None = None) -> dict:
     """Parameters for ``rule`` at ``num_clients``: ``given`` wins; otherwise ``f`` = n // 10
     (at least 1) when the rule takes ``f``, lowered until the rule accepts n clients."""
-    import aggregators
-
+    from fedshield import aggregators
     if given:
         return dict(given)
     try:
@@ -452,7 +364,7 @@ def rule_params_for(rule: str, num_clients: int, given: dict[str, Any] | None = 
 
 
 def build_config(args: argparse.Namespace, rule: str | None = None) -> Any:
-    from tasks.config import RunConfig
+    from fedshield.tasks.config import RunConfig
 
     values = dict(DEFAULT_SCENARIO)
     if args.quick:
@@ -517,7 +429,7 @@ def phase_table(results: Sequence[EngineMeasurement]) -> str:
             (
                 m.rule, m.round_median * 1e3,
                 *(m.phase_median.get(p, math.nan) * 1e3
-                  for p in ("train", "sgd", "aggregate", "eval", "other")),
+                  for p in ("train", "attack", "aggregate", "eval", "other")),
                 100 * share.get("train", math.nan), 100 * share.get("aggregate", math.nan),
                 100 * share.get("other", math.nan),
                 100 * m.cpu_shares.get("aggregate", math.nan),
@@ -527,7 +439,7 @@ def phase_table(results: Sequence[EngineMeasurement]) -> str:
             )
         )
     return table(
-        ["rule", "round ms", "train ms", "of which SGD ms", "aggregate ms", "eval ms",
+        ["rule", "round ms", "train ms", "attack ms", "aggregate ms", "eval ms",
          "other ms", "train %",
          "aggregate %", "other %", "aggregate % (CPU)", "other % (CPU)", "aggregate ≤ 10 %",
          "other ≤ 10 %"],
@@ -581,8 +493,7 @@ def _engines(spec: str) -> list[str]:
 
 
 def _rules(spec: str) -> list[str]:
-    import aggregators
-
+    from fedshield import aggregators
     if not spec:
         return []
     names = aggregators.available() if spec == "all" else [r.strip() for r in spec.split(",")]
@@ -647,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     printed: set[str] = set()
     for m in results + share_results[len(inline_results):]:
         for note in m.notes:
-            if note and (note not in printed or not note.startswith("instrumented")):
+            if note and note not in printed:
                 printed.add(note)
                 print(f"note [{m.engine}/{m.rule}]: {note}")
     if args.json:

@@ -11,7 +11,7 @@ Two parts (``--part``):
     Whole inline rounds (:func:`simulations.engine_inline.run_inline`) as the number of clients
     grows (MNIST, MLP, IID, 2 local steps per client so that the work per client is fixed) and
     across the task's models (logreg, mlp, cnn: d ≈ 8e3 → 1.2e5), with the round split into
-    train / aggregate / other by the phase probe of :mod:`simulations.bench_simulation`.
+    train / aggregate / other by the phase probe of :mod:`simulations.bench.simulation`.
 
 Growth exponents: the slope k of the least-squares line log t = k log x + c over the sizes
 measured, printed per rule (k ≈ 1: linear; Krum's Gram matrix is O(n² d), so k_n → 2 for large n).
@@ -52,9 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.bench_simulation import (
+from fedshield.simulations.bench.simulation import (
     BenchError,
-    instrument,
     measure_inline,
     rule_params_for,
     table,
@@ -142,38 +141,34 @@ def calibrate(n: int, d: int, copies: int = 2) -> float:
 
 @dataclass
 class MemoryProbe:
-    """Phase-probe-compatible wrapper (see ``bench_simulation.instrument``). At the start of
-    round 1 (its first ``train`` call) it takes the baseline: a tensor census and the RSS, before
-    any update of the run exists. At the start of every round it resets the RSS high-water mark;
-    at ``robust_step`` entry it takes the census again (``held`` = census − baseline: the bytes
-    held for the round's updates when aggregation starts); at its exit it reads the high-water
-    mark (``peak`` = VmHWM − baseline RSS: the most the round needed on top of the baseline,
-    including what it still holds of the previous round). One record per round."""
+    """Timing hooks that measure memory (``run_inline(cfg, hooks=probe)``). At the start of round
+    1 (its first ``train`` phase) it takes the baseline: a tensor census and the RSS, before any
+    update of the run exists. At the start of every round it resets the RSS high-water mark; when
+    the ``aggregate`` phase starts it takes the census again (``held`` = census − baseline: the
+    bytes held for the round's updates when aggregation starts); when it ends it reads the
+    high-water mark (``peak`` = VmHWM − baseline RSS: the most the round needed on top of the
+    baseline, including what it still holds of the previous round). One record per round."""
 
     records: list[dict[str, int]] = field(default_factory=list)
     _baseline: dict[str, int] = field(default_factory=dict)
     _after_aggregate: bool = True
 
-    def wrap(self, phase: str, func: Callable[..., Any]) -> Callable[..., Any]:
-        def probed(*args: Any, **kwargs: Any) -> Any:
-            if phase == "train" and self._after_aggregate:
-                self._after_aggregate = False
-                if not self._baseline:
-                    gc.collect()
-                    self._baseline = {"census": live_tensor_bytes(),
-                                      "rss": _status()["VmRSS"]}
-                reset_peak()
-            if phase != "aggregate":
-                return func(*args, **kwargs)
-            held = live_tensor_bytes() - self._baseline.get("census", 0)
-            result = func(*args, **kwargs)
-            peak = _status()["VmHWM"] - self._baseline.get("rss", 0)
-            self.records.append({"held": held, "peak": peak})
-            self._after_aggregate = True
-            return result
-
-        probed.__wrapped_by_probe__ = func  # type: ignore[attr-defined]
-        return probed
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name == "train" and self._after_aggregate:
+            self._after_aggregate = False
+            if not self._baseline:
+                gc.collect()
+                self._baseline = {"census": live_tensor_bytes(), "rss": _status()["VmRSS"]}
+            reset_peak()
+        if name != "aggregate":
+            yield
+            return
+        held = live_tensor_bytes() - self._baseline.get("census", 0)
+        yield
+        peak = _status()["VmHWM"] - self._baseline.get("rss", 0)
+        self.records.append({"held": held, "peak": peak})
+        self._after_aggregate = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,8 +198,8 @@ def synthetic_updates(n: int, d: int, seed: int = 0) -> Any:
 def _step_call(rule_name: str, n: int, d: int, updates: Any) -> Callable[[], Any]:
     import torch
 
-    import aggregators
-    from server.aggregation import robust_step
+    from fedshield import aggregators
+    from fedshield.server.aggregation import robust_step
 
     rule = aggregators.create(rule_name, **rule_params_for(rule_name, n))
     global_vec = torch.zeros(d)
@@ -332,7 +327,7 @@ class EnginePoint:
 
 
 def engine_config(base: dict[str, Any], **changes: Any) -> Any:
-    from tasks.config import RunConfig
+    from fedshield.tasks.config import RunConfig
 
     values = {**base, **changes}
     n = values["num_clients"]
@@ -341,7 +336,7 @@ def engine_config(base: dict[str, Any], **changes: Any) -> Any:
 
 
 def model_dim(cfg: Any) -> int:
-    from tasks.task import get_task
+    from fedshield.tasks.task import get_task
 
     return int(get_task(cfg).layout.numel)
 
@@ -349,7 +344,7 @@ def model_dim(cfg: Any) -> int:
 def time_engine(base: dict[str, Any], rules: Sequence[str], clients: Sequence[int],
                 models: Sequence[str], model_n: int, log: Callable[[str], None]
                 ) -> list[EnginePoint]:
-    from simulations.engine_inline import run_inline
+    from fedshield.simulations.engine_inline import run_inline
 
     # absorb the process's first-call costs (functorch's first vmap: ~1-2 s) before timing
     run_inline(engine_config(base, num_clients=min(clients), rounds=1))
@@ -377,7 +372,7 @@ def time_engine(base: dict[str, Any], rules: Sequence[str], clients: Sequence[in
 def warm_task_caches(cfg: Any) -> None:
     """Fill the Task's per-process caches (template model, every partition, the root set) so
     the memory probe's round-1 baseline already holds them."""
-    from tasks.task import get_task
+    from fedshield.tasks.task import get_task
 
     task = get_task(cfg)
     task.template_model()
@@ -390,7 +385,7 @@ def warm_task_caches(cfg: Any) -> None:
 def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
                           log: Callable[[str], None]) -> None:
     """Held and peak bytes of round 2 for the first rule of each size, in units of n·d·4."""
-    from simulations.engine_inline import run_inline
+    from fedshield.simulations.engine_inline import run_inline
 
     done: set[tuple[str, int, str]] = set()
     for point in points:
@@ -402,12 +397,7 @@ def measure_engine_memory(base: dict[str, Any], points: Sequence[EnginePoint],
                             rounds=2, eval_every=2)
         warm_task_caches(cfg)  # the Task's per-process data cache is not a round's memory
         probe = MemoryProbe()
-        targets = {"train": (("simulations.engine_inline", "train_round"),
-                             ("clients.client", "client_update"),
-                             ("tasks.training", "train_many")),
-                   "aggregate": (("server.aggregation", "robust_step"),)}
-        with instrument(probe, targets, sub_phases={}):
-            run_inline(cfg)
+        run_inline(cfg, hooks=probe)
         if len(probe.records) < 2:
             continue
         unit = point.n * point.d * 4
@@ -521,8 +511,7 @@ def _ints(spec: str, flag: str) -> list[int]:
 
 
 def _rule_list(spec: str) -> list[str]:
-    import aggregators
-
+    from fedshield import aggregators
     names = aggregators.available() if spec == "all" else [r.strip() for r in spec.split(",")]
     unknown = sorted(set(names) - set(aggregators.available()))
     if unknown or not names:
@@ -554,7 +543,7 @@ def build_parser(prog: str = "fedshield bench scaling") -> argparse.ArgumentPars
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes: n 10,30; d 1e4,3e4; digits; models logreg,mlp; 2 rounds")
-    p.add_argument("--plot", type=Path, default=Path("bench_scaling.png"), help="PNG output")
+    p.add_argument("--plot", type=Path, default=Path("bench/scaling.png"), help="PNG output")
     p.add_argument("--json", type=Path, help="also write every point to this file")
     p.add_argument("--from-json", type=Path,
                    help="take the timings from a previous --json file (re-measure memory only, "
@@ -573,10 +562,8 @@ def run_memory_child(base: dict[str, Any], agg: list[AggPoint], eng: list[Engine
                                     "aggregation": [asdict(p) for p in agg],
                                     "engine": [asdict(p) for p in eng]}))
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
-        subprocess.run([sys.executable, "-m", "simulations.bench_scaling", "--memory-child",
-                        str(path)], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "fedshield.simulations.bench.scaling",
+                        "--memory-child", str(path)], env=env, check=True)
         data = json.loads(path.read_text())
     for point, done in zip(agg, data["aggregation"], strict=True):
         point.peak_ratio = done["peak_ratio"]

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import aggregators
+from fedshield import aggregators
 
 FULL_SIZES = [(20, 100_000), (100, 100_000), (20, 1_000_000), (100, 1_000_000)]
 QUICK_SIZES = [(20, 20_000)]
