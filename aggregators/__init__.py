@@ -19,12 +19,17 @@ from fedshield.aggregators import mean as mean
 from fedshield.aggregators import nnm as nnm
 from fedshield.aggregators import signguard as signguard
 from fedshield.aggregators.base import (
+    REQUIRED,
     Aggregation,
     AggregatorError,
+    Context,
+    Param,
     Rule,
     available,
     create,
     register,
+    rule_class,
 )
 
-__all__ = ["Aggregation", "AggregatorError", "Rule", "available", "create", "register"]
+__all__ = ["REQUIRED", "Aggregation", "AggregatorError", "Context", "Param", "Rule", "available",
+           "create", "register", "rule_class"]

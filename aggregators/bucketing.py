@@ -22,51 +22,21 @@ Compose it either way: ``create("bucketing", s=2, inner="krum", inner_params={"f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, create, register
-from fedshield.aggregators.validation import (
+from fedshield.aggregators.base import (
+    Aggregation,
     Context,
-    check_context,
-    check_f,
-    check_positive,
-    check_updates,
+    Param,
+    Rule,
+    inner_context,
+    register,
+    resolve_inner,
 )
-
-
-def resolve_inner(owner: str, inner: Rule | str, inner_params: Mapping[str, Any] | None) -> Rule:
-    """The inner rule of a pre-aggregator: a Rule instance, or a registered name + parameters."""
-    if isinstance(inner, Rule):
-        if inner_params:
-            raise AggregatorError(
-                f"{owner}: inner_params is only allowed with an inner rule given by name"
-            )
-        rule = inner
-    elif isinstance(inner, str):
-        if inner_params is not None and not isinstance(inner_params, Mapping):
-            raise AggregatorError(
-                f"{owner}: inner_params must be a dict of the inner rule's parameters, "
-                f"got {inner_params!r}"
-            )
-        rule = create(inner, **dict(inner_params or {}))
-    else:
-        raise AggregatorError(
-            f"{owner}: inner must be an aggregator name or a Rule instance, got {inner!r}"
-        )
-    if rule.stateful:
-        raise AggregatorError(
-            f"{owner}: inner rule {rule.name!r} is stateful (per-client history), which the "
-            f"pre-aggregated vectors cannot carry; choose a stateless inner rule"
-        )
-    return rule
-
-
-def inner_context(context: Context) -> dict[str, Any]:
-    """The context keys that keep their meaning after pre-aggregation (only ``reference``)."""
-    return {"reference": context.reference} if context.reference is not None else {}
+from fedshield.aggregators.kernels import mean_rows
+from fedshield.aggregators.validation import non_negative_int, positive_int
 
 
 @register
@@ -87,16 +57,19 @@ class Bucketing(Rule):
 
     name: ClassVar[str] = "bucketing"
 
-    def __init__(self, s: int = 2, inner: Rule | str = "median",
-                 inner_params: Mapping[str, Any] | None = None, seed: int = 0):
-        check_positive("bucketing", "s", s, integer=True)
-        check_f("bucketing", seed, name="seed")
-        self._inner = resolve_inner("bucketing", inner, inner_params)
-        self.s = s
+    parameters: ClassVar[dict[str, Param]] = {
+        "s": Param(2, positive_int),
+        "inner": Param("median"),
+        "inner_params": Param(None),
+        "seed": Param(0, non_negative_int),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = (
+        {}, {"s": 2, "inner": "krum", "inner_params": {"f": 1}})
+
+    def setup(self) -> None:
+        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
         self.inner = self._inner.name
         self.inner_params = self._inner.params()
-        self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
 
     @property
     def needs_reference(self) -> bool:  # type: ignore[override]
@@ -111,17 +84,16 @@ class Bucketing(Rule):
         self._generator = torch.Generator().manual_seed(self.seed)
         self._inner.reset()
 
-    def __call__(self, updates: torch.Tensor, **kwargs: Any) -> Aggregation:
-        updates = check_updates(self, updates)
-        context = check_context(self, updates, kwargs)
+    def aggregate(self, updates: torch.Tensor, context: Context) -> Aggregation:
         n = updates.shape[0]
         buckets = -(-n // self.s)
         perm = torch.randperm(n, generator=self._generator)
         bucket_of = torch.empty(n, dtype=torch.int64)
         bucket_of[perm] = torch.arange(n) // self.s
         sizes = torch.bincount(bucket_of, minlength=buckets).to(torch.float64)
-        sums = torch.zeros(buckets, updates.shape[1], dtype=updates.dtype)
-        means = sums.index_add_(0, bucket_of, updates) / sizes.to(updates.dtype)[:, None]
+        membership = torch.zeros(buckets, n, dtype=torch.float64)
+        membership[bucket_of, torch.arange(n)] = 1.0
+        means = mean_rows(membership / sizes[:, None], updates)
         ctx = inner_context(context)
         if context.weights is not None:
             ctx["weights"] = torch.zeros(buckets, dtype=torch.float64).index_add_(

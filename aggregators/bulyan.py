@@ -8,11 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
-from fedshield.aggregators.distances import resolve_distances
-from fedshield.aggregators.kernels import coordinatewise
-from fedshield.aggregators.krum import krum_scores, lowest
-from fedshield.aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.base import REQUIRED, Aggregation, Context, Param, Rule, register
+from fedshield.aggregators.kernels import coordinatewise, krum_scores, lowest, resolve_distances
+from fedshield.aggregators.validation import choice, non_negative_int
 
 SELECTIONS = ("recursive", "oneshot")
 
@@ -80,27 +78,22 @@ class Bulyan(Rule):
     *recursive* — Krum re-run on the shrinking set — as in the paper, Flower's legacy Bulyan and
     the NDSS'21 code. ``selection="oneshot"`` instead takes the θ lowest Krum scores of the full
     set at once, which is what Flower 1.42's Message-API ``Bulyan`` does (it selects a different
-    set in 30/30 trials of research/FLOWER.md §2.3 item 2); it is offered only to reproduce
-    Flower. ``accepted`` marks S.
+    set in 30 of 30 random trials); it is offered only to reproduce Flower. ``accepted`` marks
+    S.
     """
 
     name: ClassVar[str] = "bulyan"
     requirement: ClassVar[str] = "n >= 4f + 3"
-
-    def __init__(self, *, f: int, selection: str = "recursive") -> None:
-        self.f = check_f(self.name, f)
-        if selection not in SELECTIONS:
-            raise AggregatorError(
-                f"bulyan: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
-            )
-        self.selection = selection
+    parameters: ClassVar[dict[str, Param]] = {
+        "f": Param(REQUIRED, non_negative_int),
+        "selection": Param("recursive", choice(*SELECTIONS)),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"f": 1, "selection": "oneshot"})
 
     def min_clients(self) -> int:
         return 4 * self.f + 3
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite="gram" in context)
-        ctx = check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         n = x.shape[0]
         theta = n - 2 * self.f
         beta = theta - 2 * self.f

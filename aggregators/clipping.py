@@ -6,14 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
-from fedshield.aggregators.kernels import weighted_sum
-from fedshield.aggregators.validation import (
-    check_context,
-    check_positive,
-    check_updates,
-    require_finite,
-)
+from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
+from fedshield.aggregators.kernels import row_norms, weighted_sum
+from fedshield.aggregators.validation import positive, positive_int
 
 # Column block for the exact residual norms ‖x_i − v‖ (n·c float32 ≈ 4 MiB, stays in cache).
 _BLOCK_VALUES = 1 << 20
@@ -57,18 +52,14 @@ class CenteredClip(Rule):
 
     name: ClassVar[str] = "centeredclip"
     stateful: ClassVar[bool] = True
-
-    def __init__(self, *, tau: float = 10.0, iterations: int = 3) -> None:
-        self.tau = float(check_positive(self.name, "tau", tau))
-        self.iterations = int(check_positive(self.name, "iterations", iterations, integer=True))
-        self._previous: torch.Tensor | None = None
+    parameters: ClassVar[dict[str, Param]] = {"tau": Param(10.0, positive),
+                                              "iterations": Param(3, positive_int)}
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"tau": 0.5, "iterations": 3})
 
     def reset(self) -> None:
-        self._previous = None
+        self._previous: torch.Tensor | None = None
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
-        check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         n, d = x.shape
         if self._previous is not None and self._previous.shape[0] != d:
             raise AggregatorError(
@@ -81,7 +72,6 @@ class CenteredClip(Rule):
         for _ in range(self.iterations):
             norms = residual_norms(x, v)
             if not bool(torch.isfinite(norms).all()):
-                require_finite(self.name, "updates", x)
                 norms = residual_norms(x.double(), v.double())  # float32 overflow
             factors = clip_factors(norms, self.tau)
             # v + (1/n) Σ s_i (x_i − v) = (1 − mean s) · v + Σ (s_i / n) x_i
@@ -89,6 +79,15 @@ class CenteredClip(Rule):
         self._previous = v.clone()
         return Aggregation(update=v, diagnostics={
             "clip_factors": factors.tolist(), "clipped": int((factors < 1).sum())})
+
+
+def _bound(rule: str, name: str, value: Any) -> float | str:
+    if value == "median":
+        return value
+    if isinstance(value, str):
+        raise AggregatorError(f"{rule}: {name} must be a positive number or 'median', got "
+                              f"{value!r}")
+    return positive(rule, name, value)
 
 
 @register
@@ -105,25 +104,12 @@ class NormClip(Rule):
     """
 
     name: ClassVar[str] = "normclip"
+    parameters: ClassVar[dict[str, Param]] = {"bound": Param("median", _bound)}
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"bound": 1.0})
 
-    def __init__(self, *, bound: float | str = "median") -> None:
-        if isinstance(bound, str):
-            if bound != "median":
-                raise AggregatorError(
-                    f"normclip: bound must be a positive number or 'median', got {bound!r}"
-                )
-            self.bound: float | str = bound
-        else:
-            self.bound = float(check_positive(self.name, "bound", bound))
-
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
-        check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         n = x.shape[0]
-        norms = torch.linalg.vector_norm(x, dim=1).double()
-        if not bool(torch.isfinite(norms).all()):
-            require_finite(self.name, "updates", x)  # else: float32 overflow of finite rows
-            norms = torch.linalg.vector_norm(x.double(), dim=1)
+        norms = row_norms(x)
         # quantile(0.5) is the mean of the two middle norms for even n
         bound = (float(torch.quantile(norms, 0.5)) if self.bound == "median"
                  else float(self.bound))

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
+from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
 from fedshield.aggregators.kernels import coordinatewise
-from fedshield.aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.validation import interval, non_negative_int
 
 
 def median_of_sorted(block: np.ndarray) -> np.ndarray:
@@ -35,16 +35,15 @@ class Median(Rule):
         update_j = median_i x_ij;   even n: (x_(n/2)j + x_(n/2+1)j) / 2   (order statistics)
 
     Averaging the two middle values for even n is Yin et al.'s and numpy's convention
-    (``torch.median`` returns the lower middle; research/ANCHORS.md §2.3). Unweighted.
+    (``torch.median`` returns the lower middle). Unweighted.
     Breakdown point 1/2: any f < n/2 outliers, however large, move each coordinate at most to
     the range of the honest values.
     """
 
     name: ClassVar[str] = "median"
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # checked while sorting
-        check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         return Aggregation(update=coordinate_median(x))
 
 
@@ -59,28 +58,23 @@ class TrimmedMean(Rule):
     then f = ⌊β·n⌋ for the n of each call, as in Yin et al. and scipy's ``trim_mean``) — giving
     both is an error, so there is never a doubt which one is applied. With β > 0 and so few
     clients that ⌊β·n⌋ = 0 (n < 1/β) the call raises instead of silently trimming nothing
-    (β = 0.2, n = 4: Flower's ``FedTrimmedAvg`` then averages an outlier in, research/FLOWER.md
-    §2.3 item 3); ``min_clients()`` reports that bound.
+    (β = 0.2, n = 4: Flower 1.42's ``FedTrimmedAvg`` then averages an outlier in);
+    ``min_clients()`` reports that bound.
     The kept values are summed in the input dtype (redone in float64 on overflow). Unweighted.
     """
 
     name: ClassVar[str] = "trimmedmean"
+    parameters: ClassVar[dict[str, Param]] = {
+        "f": Param(None, non_negative_int),
+        "beta": Param(None, interval(0.0, 0.5, closed_hi=False)),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"beta": 0.2})
 
-    def __init__(self, *, f: int | None = None, beta: float | None = None) -> None:
-        if (f is None) == (beta is None):
+    def setup(self) -> None:
+        if (self.f is None) == (self.beta is None):
             raise AggregatorError(
                 "trimmedmean: give exactly one of f (values trimmed per side) or beta "
-                f"(fraction trimmed per side), got f={f!r}, beta={beta!r}"
-            )
-        if f is not None:
-            check_f(self.name, f)
-        else:
-            if isinstance(beta, bool) or not isinstance(beta, int | float) \
-                    or not 0.0 <= beta < 0.5:
-                raise AggregatorError(f"trimmedmean: beta must be in [0, 0.5), got {beta!r}")
-            beta = float(beta)
-        self.f = f
-        self.beta = beta
+                f"(fraction trimmed per side), got f={self.f!r}, beta={self.beta!r}")
 
     @property
     def requirement(self) -> str:
@@ -98,9 +92,7 @@ class TrimmedMean(Rule):
         assert self.beta is not None
         return math.floor(self.beta * n + 1e-9)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # checked while sorting
-        check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         n = x.shape[0]
         f = self.trim_count(n)
         kept = n - 2 * f

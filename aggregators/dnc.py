@@ -26,41 +26,35 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, Rule, register
-from fedshield.aggregators.kernels import weighted_sum
-from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
+from fedshield.aggregators.kernels import random_columns, weighted_sum
+from fedshield.aggregators.validation import non_negative_int, positive, positive_int
 
 
 def outlier_scores(sub: torch.Tensor) -> torch.Tensor:
     """(n,) float64 s_i = ⟨x̄_i, v⟩² for the centred rows x̄_i of ``sub`` (top singular vector v).
 
-    The (n, b) centring and Gram product run in the input dtype on the centred rows divided by
-    their largest |entry| (no overflow whatever the scale); the n × n ``eigh`` and the rescaling
-    run in float64.
+    The (n, b) centring runs in float64 (a float32 mean of rows near float32's maximum would
+    overflow), then the centred rows are divided by their largest |entry| (no overflow whatever
+    the scale); the n × n ``eigh`` and the rescaling run in float64.
     """
+    sub = sub.double()
     centred = sub - sub.mean(dim=0, keepdim=True)
     peak = float(centred.abs().max())
     if peak == 0:
         return torch.zeros(sub.shape[0], dtype=torch.float64)
     centred = centred / peak
     try:
-        eigvals, eigvecs = torch.linalg.eigh((centred @ centred.T).to(torch.float64))
+        eigvals, eigvecs = torch.linalg.eigh(centred @ centred.T)
         top_value, top_vector = eigvals[-1], eigvecs[:, -1]
     except torch.linalg.LinAlgError:
         # LAPACK's eigh can fail to converge on near-degenerate Grams (seen with subnormal
         # entries); the SVD of the centred rows gives the same top pair: λ = σ², u = U[:, 0].
-        u, sigma, _ = torch.linalg.svd(centred.to(torch.float64), full_matrices=False)
+        u, sigma, _ = torch.linalg.svd(centred, full_matrices=False)
         top_value, top_vector = sigma[0] ** 2, u[:, 0]
     return top_value.clamp_min(0.0) * peak**2 * top_vector**2
 
 
-def random_columns(updates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, size) copy of ``size`` distinct random columns (sorted: a streaming gather)."""
-    d = updates.shape[1]
-    if size >= d:
-        return updates
-    cols = torch.randperm(d, generator=generator)[:size].sort().values
-    return updates.index_select(1, cols)
 
 
 def keep_lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -97,20 +91,14 @@ class DnC(Rule):
     """
 
     name: ClassVar[str] = "dnc"
-
-    def __init__(self, f: int = 1, c: float = 1.0, niters: int = 5, b: int = 10_000,
-                 seed: int = 0):
-        check_f("dnc", f)
-        check_positive("dnc", "c", c)
-        check_positive("dnc", "niters", niters, integer=True)
-        check_positive("dnc", "b", b, integer=True)
-        check_f("dnc", seed, name="seed")
-        self.f = f
-        self.c = float(c)
-        self.niters = niters
-        self.b = b
-        self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
+    parameters: ClassVar[dict[str, Param]] = {
+        "f": Param(1, non_negative_int),
+        "c": Param(1.0, positive),
+        "niters": Param(5, positive_int),
+        "b": Param(10_000, positive_int),
+        "seed": Param(0, non_negative_int),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"f": 2, "b": 3, "niters": 2})
 
     @property
     def removed(self) -> int:
@@ -123,9 +111,7 @@ class DnC(Rule):
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        updates = check_updates(self, updates)
-        check_context(self, updates, context)
+    def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
         n, d = updates.shape
         keep = n - self.removed
         b = min(self.b, d)

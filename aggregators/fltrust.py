@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
-from fedshield.aggregators.kernels import weighted_sum
-from fedshield.aggregators.validation import check_context, check_updates, require_finite
+from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Rule, register
+from fedshield.aggregators.kernels import row_norms, weighted_sum
 
 
 @register
@@ -31,10 +30,9 @@ class FLTrust(Rule):
 
     name: ClassVar[str] = "fltrust"
     needs_reference: ClassVar[bool] = True
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # the norms detect NaN/Inf
-        ctx = check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         if ctx.reference is None:
             raise AggregatorError(
                 "fltrust: needs context 'reference' (the server's update on its root dataset, "
@@ -42,11 +40,8 @@ class FLTrust(Rule):
             )
         n = x.shape[0]
         g0 = ctx.reference
-        ref_norm = float(torch.linalg.vector_norm(g0.double()))
-        norms = torch.linalg.vector_norm(x, dim=1).double()
-        if not bool(torch.isfinite(norms).all()):
-            require_finite(self.name, "updates", x)  # else: float32 overflow of finite rows
-            norms = torch.linalg.vector_norm(x.double(), dim=1)
+        ref_norm = float(row_norms(g0[None])[0])
+        norms = row_norms(x)
         zero = torch.zeros(n, dtype=torch.float64)
         if ref_norm == 0.0:
             return self._fallback(x, zero, "reference update has zero norm", ref_norm)

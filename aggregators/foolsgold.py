@@ -29,10 +29,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
-from fedshield.aggregators.flame import cosine_similarity
-from fedshield.aggregators.kernels import weighted_sum
-from fedshield.aggregators.validation import check_context, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
+from fedshield.aggregators.kernels import cosine_similarity, weighted_sum
+from fedshield.aggregators.validation import boolean, positive
 
 
 def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -70,16 +69,12 @@ class FoolsGold(Rule):
 
     name: ClassVar[str] = "foolsgold"
     stateful: ClassVar[bool] = True
-
-    def __init__(self, kappa: float = 1.0, normalize: bool = True, use_history: bool = True):
-        check_positive("foolsgold", "kappa", kappa)
-        for pname, value in (("normalize", normalize), ("use_history", use_history)):
-            if not isinstance(value, bool):
-                raise AggregatorError(f"foolsgold: {pname} must be True or False, got {value!r}")
-        self.kappa = float(kappa)
-        self.normalize = normalize
-        self.use_history = use_history
-        self.reset()
+    parameters: ClassVar[dict[str, Param]] = {
+        "kappa": Param(1.0, positive),
+        "normalize": Param(True, boolean),
+        "use_history": Param(True, boolean),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"use_history": False})
 
     def reset(self) -> None:
         # one row of ``_history`` per client ever seen; ``_row`` maps a client id to its row
@@ -97,8 +92,8 @@ class FoolsGold(Rule):
     def _accumulate(self, ids: list[Hashable], updates: torch.Tensor) -> torch.Tensor:
         """H_i += Δ_i for the clients of this round (new clients start at 0); return their H."""
         d = updates.shape[1]
-        if self._history is None:
-            self._history = torch.zeros(0, d, dtype=updates.dtype)
+        if self._history is None:  # float64: sums of updates near float32's maximum stay finite
+            self._history = torch.zeros(0, d, dtype=torch.float64)
         if self._history.shape[1] != d:
             raise AggregatorError(
                 f"foolsgold: the histories have dimension {self._history.shape[1]} but the updates "
@@ -114,9 +109,7 @@ class FoolsGold(Rule):
         self._history.index_add_(0, rows, updates.to(self._history.dtype))
         return self._history.index_select(0, rows)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        updates = check_updates(self, updates)
-        ctx = check_context(self, updates, context)
+    def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
         ids = self._ids(updates.shape[0], ctx.client_ids)
         histories = self._accumulate(ids, updates)
         basis = histories if self.use_history else updates

@@ -6,15 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, Rule, register
+from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
 from fedshield.aggregators.kernels import weighted_sum
-from fedshield.aggregators.validation import (
-    check_bool,
-    check_context,
-    check_ratio,
-    check_updates,
-    client_shares,
-)
+from fedshield.aggregators.validation import boolean, client_shares, ratio
 
 
 @register
@@ -29,19 +23,20 @@ class FedAvg(Rule):
     McMahan et al. weight by c_i; the counts are unverified, so one client claiming 10⁶ examples
     would own the round (research/FLOWER.md §2.3 item 4): the default is the uniform mean, and the
     weighted mode caps every count at r times the median count (``r = inf`` is the paper's
-    uncapped weighting). Not robust: a single outlier moves the result arbitrarily far.
+    uncapped weighting). Not robust: a single outlier moves the result arbitrarily far
+    (``robust = False``).
     ``weights`` in the result are the shares a_i.
     """
 
     name: ClassVar[str] = "fedavg"
+    robust: ClassVar[bool] = False
+    parameters: ClassVar[dict[str, Param]] = {
+        "weighted": Param(False, boolean),
+        "max_weight_ratio": Param(10.0, ratio),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"weighted": True})
 
-    def __init__(self, *, weighted: bool = False, max_weight_ratio: float = 10.0) -> None:
-        self.weighted = check_bool(self.name, "weighted", weighted)
-        self.max_weight_ratio = check_ratio(self.name, "max_weight_ratio", max_weight_ratio)
-
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates, check_finite=False)  # the sum itself detects NaN/Inf
-        ctx = check_context(self, x, context)
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         shares, diag = client_shares(self.name, x.shape[0], ctx.weights, weighted=self.weighted,
                                      max_weight_ratio=self.max_weight_ratio)
         return Aggregation(update=weighted_sum(shares, x, rule=self.name),

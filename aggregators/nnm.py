@@ -21,15 +21,21 @@ record mixtures, not the client's own updates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, Rule, register
-from fedshield.aggregators.bucketing import inner_context, resolve_inner
-from fedshield.aggregators.distances import resolve_distances
-from fedshield.aggregators.validation import check_context, check_f, check_updates
+from fedshield.aggregators.base import (
+    Aggregation,
+    Context,
+    Param,
+    Rule,
+    inner_context,
+    register,
+    resolve_inner,
+)
+from fedshield.aggregators.kernels import mean_rows, resolve_distances
+from fedshield.aggregators.validation import non_negative_int
 
 
 def mixing_matrix(sq_distances: torch.Tensor, neighbours: int) -> torch.Tensor:
@@ -59,11 +65,16 @@ class NNM(Rule):
 
     name: ClassVar[str] = "nnm"
 
-    def __init__(self, f: int = 1, inner: Rule | str = "median",
-                 inner_params: Mapping[str, Any] | None = None):
-        check_f("nnm", f)
-        self._inner = resolve_inner("nnm", inner, inner_params)
-        self.f = f
+    parameters: ClassVar[dict[str, Param]] = {
+        "f": Param(1, non_negative_int),
+        "inner": Param("median"),
+        "inner_params": Param(None),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"f": 1}, {"f": 1, "inner": "krum", "inner_params": {"f": 1}})
+
+    def setup(self) -> None:
+        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
         self.inner = self._inner.name
         self.inner_params = self._inner.params()
 
@@ -78,12 +89,10 @@ class NNM(Rule):
     def reset(self) -> None:
         self._inner.reset()
 
-    def __call__(self, updates: torch.Tensor, **kwargs: Any) -> Aggregation:
-        updates = check_updates(self, updates)
-        context = check_context(self, updates, kwargs)
+    def aggregate(self, updates: torch.Tensor, context: Context) -> Aggregation:
         n = updates.shape[0]
         mixing = mixing_matrix(resolve_distances("nnm", updates, context.gram), n - self.f)
-        mixed = mixing.to(updates.dtype) @ updates
+        mixed = mean_rows(mixing, updates)
         ctx = inner_context(context)
         result = self._inner(mixed, **ctx)
         weights = None

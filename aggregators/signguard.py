@@ -29,10 +29,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Rule, register
-from fedshield.aggregators.dnc import random_columns
-from fedshield.aggregators.flame import clipped_mean, median_norm, row_norms
-from fedshield.aggregators.validation import check_context, check_f, check_positive, check_updates
+from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
+from fedshield.aggregators.kernels import clipped_mean, median_norm, random_columns, row_norms
+from fedshield.aggregators.validation import (
+    choice,
+    interval,
+    non_negative_int,
+    positive,
+    positive_int,
+)
 
 CLUSTERINGS = ("meanshift", "kmeans", "dbscan")
 
@@ -69,31 +74,17 @@ class SignGuard(Rule):
     """
 
     name: ClassVar[str] = "signguard"
-
-    def __init__(self, lower: float = 0.1, upper: float = 3.0, fraction: float = 0.1,
-                 clustering: str = "meanshift", eps: float = 0.05, min_samples: int = 2,
-                 seed: int = 0):
-        if check_positive("signguard", "lower", lower, allow_zero=True) > 1:
-            raise AggregatorError(f"signguard: lower must be in [0, 1], got {lower!r}")
-        if check_positive("signguard", "upper", upper) < 1:
-            raise AggregatorError(f"signguard: upper must be >= 1, got {upper!r}")
-        if check_positive("signguard", "fraction", fraction) > 1:
-            raise AggregatorError(f"signguard: fraction must be in (0, 1], got {fraction!r}")
-        if clustering not in CLUSTERINGS:
-            raise AggregatorError(
-                f"signguard: clustering must be one of {', '.join(CLUSTERINGS)}; got {clustering!r}"
-            )
-        check_positive("signguard", "eps", eps)
-        check_positive("signguard", "min_samples", min_samples, integer=True)
-        check_f("signguard", seed, name="seed")
-        self.lower = float(lower)
-        self.upper = float(upper)
-        self.fraction = float(fraction)
-        self.clustering = clustering
-        self.eps = float(eps)
-        self.min_samples = min_samples
-        self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
+    parameters: ClassVar[dict[str, Param]] = {
+        "lower": Param(0.1, interval(0.0, 1.0)),
+        "upper": Param(3.0, interval(1.0, math.inf, closed_hi=False)),
+        "fraction": Param(0.1, interval(0.0, 1.0, closed_lo=False)),
+        "clustering": Param("meanshift", choice(*CLUSTERINGS)),
+        "eps": Param(0.05, positive),
+        "min_samples": Param(2, positive_int),
+        "seed": Param(0, non_negative_int),
+    }
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"clustering": "kmeans"},
+                                                       {"clustering": "dbscan", "fraction": 1.0})
 
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -120,9 +111,7 @@ class SignGuard(Rule):
                 ).fit_predict(feats)
         return largest_cluster(labels)
 
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        updates = check_updates(self, updates)
-        check_context(self, updates, context)
+    def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
         n, d = updates.shape
         norms = row_norms(updates)
         bound = median_norm(norms)

@@ -2,7 +2,8 @@
 
 Layout: ``<output_dir>/checkpoints/round-000007.pt``, one file per finished round, each a
 ``torch.save`` of ``{"round", "vector" (d,) float32, "model_hash", "keys", "shapes", "rule_state",
-"meta"}``. Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never
+"meta"}`` — tensors and plain containers only (the rule's ``state_dict()``), read back with
+``torch.load(weights_only=True)``: a checkpoint is data, and a crafted file cannot run code. Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never
 leaves a truncated "latest" checkpoint; only the ``keep`` most recent are kept.
 
 Resume policy (ServerApp, run_config ``resume=true``): the run restarts after the latest
@@ -81,7 +82,7 @@ class CheckpointStore:
     def load(self, server_round: int) -> Checkpoint:
         path = self.path_for(server_round)
         try:
-            data = torch.load(path, map_location="cpu", weights_only=False)
+            data = torch.load(path, map_location="cpu", weights_only=True)
             vec = data["vector"]
         except Exception as exc:  # a damaged file raises anything from pickle/zip/torch
             raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc!r}") from None

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import torch
 
 from fedshield.aggregators import Aggregation, Rule
+from fedshield.aggregators.base import finite_rows
 from fedshield.server.aggregation import robust_step
 from fedshield.server.ledger import tensor_hash
 from fedshield.server.shares import detection, malicious_share, norm_summary, row_norms
@@ -347,14 +348,6 @@ def require_round_size(rule: Rule, per_round: int) -> None:
             f"aggregator {rule.name!r} with {rule.params()} needs at least {rule.min_clients()} "
             f"clients per round, the run has {per_round} (num-clients / clients-per-round): "
             "every round would keep the initial model")
-
-
-def finite_rows(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: which rows hold no NaN/±Inf — one pass, no (n, d) temporary (a float64 sum of
-    float32 values cannot overflow, so it is finite iff every value is)."""
-    if updates.numel() == 0:
-        return torch.ones(updates.shape[0], dtype=torch.bool)
-    return torch.isfinite(updates.sum(dim=1, dtype=torch.float64))
 
 
 def cap_num_examples(reported: Sequence[float], *, max_num_examples: float | None = None,

@@ -207,21 +207,32 @@ class RobustStrategy(FedAvg):
             self.ledger.append({"kind": "round", **report})
         if self.checkpoints is not None:
             assert self._layout is not None
-            state = dict(vars(self.rule)) if self.rule.stateful else None
             self.checkpoints.save(Checkpoint(
                 rnd, record.new_vec, list(self._layout.keys),
-                [list(s) for s in self._layout.shapes], rule_state=state,
-                meta={"rule": self.rule.name},
+                [list(s) for s in self._layout.shapes], rule_state=self.rule.state_dict(),
+                meta={"rule": self.rule.name, "rule_params": _plain(self.rule.params())},
             ))
 
     def restore(self, ckpt: Checkpoint) -> None:
-        """Continue after ``ckpt``: offset the rounds and restore a stateful rule's state."""
+        """Continue after ``ckpt``: offset the rounds and restore the rule's cross-round state
+        (``Rule.load_state_dict``: per-client histories, random generators)."""
         self.round_offset = ckpt.round
-        if self.rule.stateful and ckpt.rule_state:
-            vars(self.rule).update(ckpt.rule_state)
+        if ckpt.rule_state:
+            self.rule.load_state_dict(ckpt.rule_state)
 
 
 def _aggregation_order(info: ReplyInfo) -> tuple[bool, int, int]:
     """Rows sorted by partition id (unknown last), then node id."""
     pid = info.partition_id
     return (pid is None, -1 if pid is None else pid, info.node_id)
+
+
+def _plain(value: Any) -> Any:
+    """Rule parameters as plain data for a checkpoint (a nested Rule by its repr)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)

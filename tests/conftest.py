@@ -17,3 +17,39 @@ torch.set_num_threads(1)
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+# --- row parity across engines -----------------------------------------------------------------
+TIMING_KEYS = {"aggregation_seconds", "round_seconds", "train_seconds"}
+
+
+def assert_same_rows(ours: list[dict], theirs: list[dict], *, atol: float = 1e-4,
+                     ignore: set[str] = frozenset()) -> None:
+    """Two engines' per-round rows agree key by key: the same keys (wall-clock keys aside, and
+    the model hash, which float rounding of θ_t + Δ − θ_t changes), equal values, floats to
+    ``atol``. Fails naming the round and the key."""
+    import math
+
+    skip = TIMING_KEYS | {"model_hash"} | set(ignore)
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    for a, b in zip(ours, theirs, strict=True):
+        keys_a, keys_b = set(a) - skip, set(b) - skip
+        assert keys_a == keys_b, (a.get("round"), keys_a ^ keys_b)
+        for key in sorted(keys_a):
+            _assert_value(a[key], b[key], atol, f"round {a.get('round')} key {key!r}", math)
+
+
+def _assert_value(x, y, atol, where, math):
+    if isinstance(x, float) or isinstance(y, float):
+        assert x is not None and y is not None, (where, x, y)
+        assert math.isclose(float(x), float(y), rel_tol=0, abs_tol=atol), (where, x, y)
+    elif isinstance(x, list) and isinstance(y, list):
+        assert len(x) == len(y), (where, x, y)
+        for u, v in zip(x, y, strict=True):
+            _assert_value(u, v, atol, where, math)
+    elif isinstance(x, dict) and isinstance(y, dict):
+        assert x.keys() == y.keys(), (where, x, y)
+        for k in x:
+            _assert_value(x[k], y[k], atol, where, math)
+    else:
+        assert x == y, (where, x, y)

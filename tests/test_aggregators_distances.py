@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedshield.aggregators import AggregatorError, create
-from fedshield.aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators.kernels import pairwise_sq_distances
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:

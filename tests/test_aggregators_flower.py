@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedshield.aggregators import create
-from fedshield.aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators.kernels import pairwise_sq_distances
 
 flwr_app = pytest.importorskip("flwr.app")
 flwr_strategy = pytest.importorskip("flwr.serverapp.strategy")

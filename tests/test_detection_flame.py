@@ -8,7 +8,7 @@ import torch
 
 from fedshield import aggregators
 from fedshield.aggregators import AggregatorError
-from fedshield.aggregators.flame import cosine_similarity
+from fedshield.aggregators.kernels import cosine_similarity
 
 
 def _five() -> torch.Tensor:

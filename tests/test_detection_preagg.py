@@ -5,7 +5,7 @@ import torch
 
 from fedshield import aggregators
 from fedshield.aggregators import AggregatorError
-from fedshield.aggregators.distances import pairwise_sq_distances
+from fedshield.aggregators.kernels import pairwise_sq_distances
 from fedshield.aggregators.nnm import mixing_matrix
 
 

@@ -3,6 +3,8 @@ capping, skipping, determinism, FLTrust reference, adversary hook, ledger and ch
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import json
 import random
 
@@ -12,19 +14,19 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from helpers_flower import error_reply, flat, global_record, reply
 
-from fedshield.aggregators import Aggregation, Rule
+from fedshield.aggregators import Aggregation, Param, Rule
 from fedshield.server.checkpoint import CheckpointStore
 from fedshield.server.ledger import Ledger, verify_ledger
 from fedshield.server.strategy import RobustStrategy, StrategyError
 
 
 class Mean(Rule):
-    """Unweighted mean; records what it was called with."""
+    """Unweighted mean; records the validated input it was called with."""
 
     name = "test-mean"
+    parameters: ClassVar[dict[str, Param]] = {"min_n": Param(1)}
 
-    def __init__(self, min_n: int = 1) -> None:
-        self.min_n = min_n
+    def reset(self) -> None:
         self._calls: list[dict] = []
 
     @property
@@ -34,9 +36,10 @@ class Mean(Rule):
     def min_clients(self) -> int:
         return self.min_n
 
-    def __call__(self, updates, **context):
-        self.calls.append({"updates": updates.clone(), **context})
-        return Aggregation(updates.mean(dim=0))
+    def aggregate(self, x, ctx):
+        self.calls.append({"updates": x.clone(), "weights": ctx.weights,
+                           "client_ids": ctx.client_ids, "reference": ctx.reference})
+        return Aggregation(x.mean(dim=0))
 
 
 class PickFirst(Rule):
@@ -44,20 +47,20 @@ class PickFirst(Rule):
 
     name = "test-pick-first"
 
-    def __call__(self, updates, **context):
-        n = updates.shape[0]
+    def aggregate(self, x, ctx):
+        n = x.shape[0]
         accepted = torch.zeros(n, dtype=torch.bool)
         accepted[0] = True
-        return Aggregation(updates[0].clone(), accepted=accepted, weights=accepted.float())
+        return Aggregation(x[0].clone(), accepted=accepted, weights=accepted.float())
 
 
 class NeedsRef(Mean):
     name = "test-ref"
     needs_reference = True
 
-    def __call__(self, updates, **context):
-        self.calls.append(context)
-        return Aggregation(context["reference"].clone())
+    def aggregate(self, x, ctx):
+        self.calls.append({"reference": ctx.reference})
+        return Aggregation(ctx.reference.clone())
 
 
 def run_round(strategy, replies, *, nodes=None, arrays=None):

@@ -21,7 +21,11 @@ def test_run_rows_metrics_and_determinism():
     # the outliers, so they seldom provide the median value
     assert last["share_kind"] == "coordinates" and 0.0 <= last["malicious_share"] < 2 / 6
     assert last["recall"] is None  # median neither accepts nor rejects
-    assert last["norm_malicious"] == pytest.approx(last["norm_malicious"])
+    # signflip (factor 1) keeps each malicious update's norm: the row's norms are its own
+    norms = last["update_norms"]
+    mal = [norms[p] for p in cfg.malicious_ids()]
+    assert last["norm_malicious"] == pytest.approx(sum(mal) / 2)
+    assert last["norm_max"] == pytest.approx(max(norms))
     again = run_inline(cfg)
     assert torch.equal(result.final_vector, again.final_vector)
 
@@ -61,7 +65,12 @@ def test_batched_round_equals_client_update_per_client():
 
 
 @pytest.mark.flower
-def test_inline_and_flower_engines_give_the_same_final_model(tmp_path):
+def test_inline_and_flower_engines_give_the_same_rows(tmp_path):
+    """The Flower Simulation Engine (flwr run, Ray) and the inline engine share the round core:
+    whole rows agree key by key. (Under partial participation Flower samples its random node
+    ids, so the two engines draw different partitions; the in-process grid test covers it.)"""
+    from conftest import assert_same_rows
+
     from fedshield.simulations.engine_flower import processes_of, run_flower
 
     cfg = RunConfig(**{**TINY, "rounds": 3}, aggregator="median", attack="signflip",
@@ -70,12 +79,8 @@ def test_inline_and_flower_engines_give_the_same_final_model(tmp_path):
     flower = run_flower(cfg, timeout=480, log_path=tmp_path / "flower.log", flwr_home=home)
     inline = run_inline(cfg)
     torch.testing.assert_close(flower.final_vector, inline.final_vector, atol=1e-5, rtol=1e-4)
-    assert [r["accuracy"] for r in flower.rounds] == pytest.approx(
-        [r["accuracy"] for r in inline.rounds], abs=1e-9)
-    # the ServerApp computes the coordinate share of median with the inline engine's function
+    assert_same_rows(flower.rounds, inline.rounds, atol=1e-4)
     assert [r["share_kind"] for r in flower.rounds] == ["coordinates"] * 3
-    assert [r["malicious_share"] for r in flower.rounds] == pytest.approx(
-        [r["malicious_share"] for r in inline.rounds], abs=0.01)
     assert (tmp_path / "flower" / "final.pt").exists()
     assert (home / "local-superlink").is_dir()  # the run used this private FLWR_HOME ...
     assert processes_of(home) == []  # ... and left no SuperLink, ServerApp or Ray behind
