@@ -102,6 +102,7 @@ class Rule:
     stateful: ClassVar[bool] = False  # keeps per-client history across rounds
     needs_reference: ClassVar[bool] = False
     robust: ClassVar[bool] = True  # claims bounded influence of f arbitrary rows
+    permutation_invariant: ClassVar[bool] = True  # the result does not depend on row order
     parameters: ClassVar[dict[str, Param]] = {}
     examples: ClassVar[tuple[dict[str, Any], ...]] = ()
     requirement: ClassVar[str] = ""

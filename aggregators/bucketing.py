@@ -56,6 +56,7 @@ class Bucketing(Rule):
     """
 
     name: ClassVar[str] = "bucketing"
+    permutation_invariant: ClassVar[bool] = False  # a random bucketing of the rows as given
 
     parameters: ClassVar[dict[str, Param]] = {
         "s": Param(2, positive_int),

@@ -19,8 +19,10 @@ def recursive_krum(dist: torch.Tensor, f: int, theta: int) -> list[int]:
     """Bulyan's selection: θ times, pick Krum's choice among the remaining updates, remove it.
 
     Each step scores the r remaining updates with max(1, r − f − 2) neighbours (the set shrinks
-    below Krum's own n > 2f + 2 bound near the end, as in the paper and Flower's legacy Bulyan);
-    ties go to the lowest index. The θ steps run in numpy on the small float64 (n, n) matrix:
+    below Krum's own n > 2f + 2 bound near the end, as in the paper and Flower's legacy Bulyan).
+    With one neighbour every mutual nearest pair ties, so ties are broken by the sum of squared
+    distances to all remaining updates (then the lowest index): the selection does not depend on
+    the order of the rows. The θ steps run in numpy on the small float64 (n, n) matrix:
     per step one partition of an (r, r) block, where torch's per-call overhead dominated.
     """
     d = dist.numpy().astype(np.float64, copy=True)
@@ -35,7 +37,11 @@ def recursive_krum(dist: torch.Tensor, f: int, theta: int) -> list[int]:
         k = max(1, r - f - 2)
         block = d[np.ix_(remaining, remaining)]
         scores = np.partition(block, k - 1, axis=1)[:, :k].sum(axis=1)
-        best = int(np.argmin(scores))  # first minimum: remaining is ascending → lowest index
+        tied = np.flatnonzero(scores <= scores.min())
+        if tied.size > 1:
+            spread = np.where(np.isinf(block), 0.0, block)[tied].sum(axis=1)
+            tied = tied[spread <= spread.min()]
+        best = int(tied[0])  # remaining is ascending: the lowest index among exact ties
         chosen.append(int(remaining[best]))
         remaining = np.delete(remaining, best)
     return chosen

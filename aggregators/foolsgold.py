@@ -69,6 +69,7 @@ class FoolsGold(Rule):
 
     name: ClassVar[str] = "foolsgold"
     stateful: ClassVar[bool] = True
+    robust: ClassVar[bool] = False  # against sybils only: one lone outlier keeps its full weight
     parameters: ClassVar[dict[str, Param]] = {
         "kappa": Param(1.0, positive),
         "normalize": Param(True, boolean),

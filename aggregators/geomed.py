@@ -29,30 +29,35 @@ def weiszfeld(gram: torch.Tensor, shares: torch.Tensor, *, nu: float, max_iter: 
 
         ‖v − x_j‖² = αᵀGα − 2 (Gα)_j + G_jj
 
-    Iteration (RFA, Alg. 2):  β_j = a_j / max(ν, ‖v − x_j‖),  α ← β / Σ β, starting from α = a.
-    Stops when the smoothed objective Σ_j a_j max(ν, ‖v − x_j‖) improves by less than
-    ``tol`` (relative) or after ``max_iter`` iterations. Returns (α, iterations, objective).
+    Iteration (RFA, Alg. 2):  β_j = a_j / max(ν, ‖v − x_j‖),  α ← β / Σ β. It starts at the
+    a-weighted medoid (the row with the least Σ_j a_j ‖x_i − x_j‖), not at RFA's weighted mean: a
+    mean start is dragged arbitrarily far by one huge row, after which every distance is huge
+    and the iterations need ~log(scale) steps to come back. It stops when the iterate moves by
+    less than ``tol`` times the median distance to the clients (a scale no minority of rows can
+    inflate; RFA's relative improvement of the objective is dominated by the outliers' constant
+    distances and stops early), or after ``max_iter`` iterations. Returns (α, iterations,
+    objective Σ_j a_j max(ν, ‖v − x_j‖)).
     """
-    alpha = shares.clone()
     diag = gram.diagonal()
 
     def distances(a: torch.Tensor) -> torch.Tensor:
         mixed = gram @ a
         return (torch.dot(a, mixed) - 2.0 * mixed + diag).clamp(min=0.0).sqrt()
 
+    pairwise = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp(min=0.0).sqrt()
+    alpha = torch.zeros_like(shares)
+    alpha[int(torch.argmin(pairwise @ shares))] = 1.0
     dv = distances(alpha)
-    objective = float((shares * dv.clamp(min=nu)).sum())
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007
         beta = shares / dv.clamp(min=nu)
-        alpha = beta / beta.sum()
-        dv = distances(alpha)
-        new = float((shares * dv.clamp(min=nu)).sum())
-        done = objective - new <= tol * max(objective, 1e-300)
-        objective = new
-        if done:
+        new = beta / beta.sum()
+        step = new - alpha
+        moved = float(torch.dot(step, gram @ step).clamp(min=0.0).sqrt())
+        alpha, dv = new, distances(new)
+        if moved <= tol * float(dv.median()):
             break
-    return alpha, iterations, objective
+    return alpha, iterations, float((shares * dv.clamp(min=nu)).sum())
 
 
 def gram_from_distances(dist: torch.Tensor) -> torch.Tensor:
@@ -67,10 +72,10 @@ class GeoMed(Rule):
 
         v^(r+1) = Σ_i β_i^(r) x_i / Σ_i β_i^(r),   β_i^(r) = a_i / max(ν, ‖v^(r) − x_i‖)
 
-    Pillutla et al. 2022, Alg. 2, ν = 1e-6 (their smoothing), v^(0) = the a-weighted mean. The
-    iterations run on the centred Gram matrix of the shared kernel (see ``weiszfeld``), so they
-    cost O(n²) each and only the final v = Σ α_i x_i touches the d coordinates: iterating to
-    convergence (``max_iter=100``, ``tol=1e-7`` relative improvement of the objective) is cheaper
+    Pillutla et al. 2022, Alg. 2, ν = 1e-6 (their smoothing); v^(0) = the a-weighted medoid and
+    the stopping rule are pinned for robustness (see ``weiszfeld``). The iterations run on the
+    centred Gram matrix of the shared kernel, so they cost O(n²) each and only the final
+    v = Σ α_i x_i touches the d coordinates: iterating to convergence (``max_iter=100``, ``tol=1e-7`` relative movement of the iterate) is cheaper
     than RFA's fixed budget of R = 3 direct iterations; ``max_iter=3, tol=0`` reproduces that
     budget. a_i = 1/n by default; ``weighted=True`` uses the capped sample counts of
     :class:`~fedshield.aggregators.mean.FedAvg` (RFA weights by sample counts; they are

@@ -3,8 +3,9 @@
 Layout: ``<output_dir>/checkpoints/round-000007.pt``, one file per finished round, each a
 ``torch.save`` of ``{"round", "vector" (d,) float32, "model_hash", "keys", "shapes", "rule_state",
 "meta"}`` — tensors and plain containers only (the rule's ``state_dict()``), read back with
-``torch.load(weights_only=True)``: a checkpoint is data, and a crafted file cannot run code. Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never
-leaves a truncated "latest" checkpoint; only the ``keep`` most recent are kept.
+``torch.load(weights_only=True)``: a checkpoint is data, and a crafted file cannot run code.
+Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never leaves a
+truncated "latest" checkpoint; only the ``keep`` most recent are kept.
 
 Resume policy (ServerApp, run_config ``resume=true``): the run restarts after the latest
 checkpoint's round, from its vector, appending to the same ledger and ``rounds.jsonl``.

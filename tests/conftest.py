@@ -53,3 +53,27 @@ def _assert_value(x, y, atol, where, math):
             _assert_value(x[k], y[k], atol, where, math)
     else:
         assert x == y, (where, x, y)
+
+
+# --- every registered rule, with its declared example parameters ---------------------------------
+def rule_examples() -> list[tuple[str, dict]]:
+    """(name, params) for every example of every registered rule (the contract suite's cases)."""
+    from fedshield import aggregators
+
+    return [(name, dict(params)) for name in aggregators.available()
+            for params in aggregators.rule_class(name).examples]
+
+
+def example_id(case: tuple[str, dict]) -> str:
+    name, params = case
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+
+
+def rule_context(rule, x, honest=None) -> dict:
+    """The context a round passes: sample counts, client ids, the server's reference (the honest
+    mean) for rules that need one."""
+    n = x.shape[0]
+    ctx = {"weights": torch.full((n,), 10.0), "client_ids": list(range(n))}
+    if rule.needs_reference:
+        ctx["reference"] = (honest if honest is not None else x).double().mean(0).float()
+    return ctx

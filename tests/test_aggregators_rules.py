@@ -104,22 +104,25 @@ def test_trimmedmean_f_xor_beta() -> None:
 # r=4 {0,4,5,100}: (16, 1, 1, …) → 4; r=3 {0,5,100}: (25, 25, …) → 0.
 # S = {2, 3, 1, 4, 0}; per coordinate: median 2, the β = 3 closest {1, 2, 3} → 2.
 def test_bulyan_hand_computed_recursive_selection() -> None:
+    # step 1 (k = 4): 2 and 3 tie at 1+1+4+4 = 10; the tie goes to the smaller sum of squared
+    # distances to all remaining (3: 97² + 31 < 2: 98² + 31). Then 2 (9), then 1 and 4 tie at 10
+    # (4 wins: 96² < 99²), then 0 and 1 tie at 1 (1 wins), then 0 and 5 tie at 25 (5 wins).
     x = t([[0], [1], [2], [3], [4], [5], [100]])
     agg = create("bulyan", f=1)(x)
-    assert agg.diagnostics["selected"] == [2, 3, 1, 4, 0]
-    assert agg.accepted.tolist() == [True] * 5 + [False] * 2
-    assert agg.update.tolist() == [2.0]
+    assert agg.diagnostics["selected"] == [3, 2, 4, 1, 5]
+    assert agg.accepted.tolist() == [False] + [True] * 5 + [False]
+    assert agg.update.tolist() == [3.0]  # the β = 3 values closest to the median 3: {2, 3, 4}
     assert agg.diagnostics["theta"] == 5 and agg.diagnostics["beta"] == 3
 
 
 def test_bulyan_coordinate_step_takes_the_beta_closest_to_the_median() -> None:
-    # f = 1, n = 7: the recursion keeps {0, 0.1, 0.2, 3.0, 3.1} (drops 3.2 and 1e6); their
-    # median is 0.2 and the β = 3 values closest to it are {0, 0.1, 0.2} → 0.1 (an asymmetric
-    # window: the plain trimmed mean of the five would be (0.1 + 0.2 + 3.0) / 3 = 1.1).
+    # f = 1, n = 7: the recursion keeps {0.1, 0.2, 3.0, 3.1, 3.2} (drops 0 and 1e6); their
+    # median is 3.0 and the β = 3 values closest to it are {3.0, 3.1, 3.2} → 3.1 (an asymmetric
+    # window: the plain trimmed mean of the five would be (0.2 + 3.0 + 3.1) / 3 = 2.1).
     x = t([[0, 0.0], [0, 0.1], [0, 0.2], [0, 3.0], [0, 3.1], [0, 3.2], [0, 1e6]])
     agg = create("bulyan", f=1)(x)
-    assert agg.accepted.tolist() == [True] * 5 + [False] * 2
-    assert agg.update[1].item() == pytest.approx(0.1, abs=1e-6)
+    assert agg.accepted.tolist() == [False] + [True] * 5 + [False]
+    assert agg.update[1].item() == pytest.approx(3.1, abs=1e-6)
 
 
 def test_geomed_hand_computed() -> None:

@@ -3,10 +3,9 @@ capping, skipping, determinism, FLTrust reference, adversary hook, ledger and ch
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import json
 import random
+from typing import ClassVar
 
 import numpy as np
 import pytest
