@@ -75,9 +75,9 @@ class GeoMed(Rule):
     Pillutla et al. 2022, Alg. 2, ν = 1e-6 (their smoothing); v^(0) = the a-weighted medoid and
     the stopping rule are pinned for robustness (see ``weiszfeld``). The iterations run on the
     centred Gram matrix of the shared kernel, so they cost O(n²) each and only the final
-    v = Σ α_i x_i touches the d coordinates: iterating to convergence (``max_iter=100``, ``tol=1e-7`` relative movement of the iterate) is cheaper
-    than RFA's fixed budget of R = 3 direct iterations; ``max_iter=3, tol=0`` reproduces that
-    budget. a_i = 1/n by default; ``weighted=True`` uses the capped sample counts of
+    v = Σ α_i x_i touches the d coordinates: iterating to convergence (``max_iter=100``,
+    ``tol=1e-7`` relative movement of the iterate) is cheaper than RFA's fixed budget of R = 3
+    direct iterations; ``max_iter=3, tol=0`` gives that budget. a_i = 1/n by default; ``weighted=True`` uses the capped sample counts of
     :class:`~fedshield.aggregators.mean.FedAvg` (RFA weights by sample counts; they are
     unverified, hence the cap: the trust boundary is the cap ``max_weight_ratio``).
     Breakdown point 1/2. ``weights`` in the result are the final α.
