@@ -77,9 +77,10 @@ class GeoMed(Rule):
     centred Gram matrix of the shared kernel, so they cost O(n²) each and only the final
     v = Σ α_i x_i touches the d coordinates: iterating to convergence (``max_iter=100``,
     ``tol=1e-7`` relative movement of the iterate) is cheaper than RFA's fixed budget of R = 3
-    direct iterations; ``max_iter=3, tol=0`` gives that budget. a_i = 1/n by default; ``weighted=True`` uses the capped sample counts of
-    :class:`~fedshield.aggregators.mean.FedAvg` (RFA weights by sample counts; they are
-    unverified, hence the cap: the trust boundary is the cap ``max_weight_ratio``).
+    direct iterations; ``max_iter=3, tol=0`` gives that budget. a_i = 1/n by default;
+    ``weighted=True`` uses the capped sample counts of :class:`~fedshield.aggregators.mean.FedAvg`
+    (RFA weights by sample counts; they are unverified, hence the cap ``max_weight_ratio``: the
+    trust boundary).
     Breakdown point 1/2. ``weights`` in the result are the final α.
     """
 
