@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
+import flwr.app as flwr_app
+import flwr.serverapp.strategy as flwr_strategy
 import numpy as np
 import pytest
 import torch
@@ -16,8 +18,6 @@ import torch
 from fedshield.aggregators import create
 from fedshield.aggregators.kernels import pairwise_sq_distances
 
-flwr_app = pytest.importorskip("flwr.app")
-flwr_strategy = pytest.importorskip("flwr.serverapp.strategy")
 logging.getLogger("flwr").setLevel(logging.ERROR)
 
 

@@ -226,8 +226,6 @@ def test_fang_krum_crafted_update_is_selected_by_local_krum():
 
 def test_fang_krum_is_the_update_the_real_krum_selects():
     from fedshield import aggregators
-    if "krum" not in aggregators.available():
-        pytest.skip("aggregators.create('krum') is not registered yet (aggregators/krum.py)")
     benign, mal = cloud(8, 20, 12), cloud(3, 20, 13)
     rule = aggregators.create("krum", f=3)
     out = run(make("fang-krum"), mal, benign, aggregator=rule)
@@ -348,8 +346,6 @@ def test_rules_needing_a_reference_fall_back_to_the_local_surrogate():
 
 def test_minmax_tailored_against_krum_keeps_the_crafted_update_selected():
     from fedshield import aggregators
-    if "krum" not in aggregators.available():
-        pytest.skip("aggregators.create('krum') is not registered yet (aggregators/krum.py)")
     benign, mal = cloud(9, 20, 18), cloud(3, 20, 19)
     rule = aggregators.create("krum", f=3)
     attack = make("minmax", objective="tailored")
