@@ -198,14 +198,14 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
     if len(records) == 1:
         _print_rounds(console, records[0])
     else:
-        from fedshield.simulations.report import summary_table
+        from fedshield.simulations.tables import summary_table
 
         table, order = summary_table(records)
         console.print("Final clean accuracy (%), ranked by worst case over attacks:")
         console.print(table, markup=False, highlight=False, soft_wrap=True)
-        from fedshield.simulations.report import Grid, _summary
+        from fedshield.simulations.tables import Grid, summary_value
 
-        asr = Grid(records, _summary("final_asr"))
+        asr = Grid(records, summary_value("final_asr"))
         if asr.stats:
             console.print("Attack success rate at the last round (%), targeted attacks:")
             console.print(asr.markdown(pct=True, rules=order), markup=False, highlight=False,

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from fedshield.simulations.report import Grid, _ordered, _summary, summary_table
+from fedshield.simulations.tables import Grid, ordered, summary_table, summary_value
 
 
 def _mean_series(cells: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -83,7 +83,7 @@ def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
 
 
 def heatmap(cells: list[dict[str, Any]], path: Path) -> Path:
-    acc = Grid(cells, _summary("final_accuracy"))
+    acc = Grid(cells, summary_value("final_accuracy"))
     _, order = summary_table(cells)
     data = [[acc.mean(r, a) if acc.mean(r, a) is not None else math.nan for a in acc.attacks]
             for r in order]
@@ -106,7 +106,7 @@ def heatmap(cells: list[dict[str, Any]], path: Path) -> Path:
 
 def asr_bars(cells: list[dict[str, Any]], path: Path) -> Path | None:
     """One panel per targeted attack: horizontal bars of the final ASR of each rule."""
-    asr = Grid(cells, _summary("final_asr"))
+    asr = Grid(cells, summary_value("final_asr"))
     attacks = [a for a in asr.attacks if any(asr.mean(r, a) is not None for r in asr.rules)]
     if not attacks:
         return None
@@ -137,7 +137,7 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
     """Draw every plot for one report section; returns {title: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _, rules = summary_table(cells)
-    attacks = _ordered(c["attack"] for c in cells)
+    attacks = ordered(c["attack"] for c in cells)
     files: dict[str, Path | None] = {
         "accuracy per round": _per_attack(cells, "accuracy", out_dir / f"accuracy{suffix}.png",
                                           "clean test accuracy", attacks, rules, (0.0, 1.0)),

@@ -10,7 +10,7 @@ import torch
 import fedshield.simulations.engine_inline as engine
 from fedshield.server.round import finite_rows
 from fedshield.server.validation import Reason
-from fedshield.simulations import report
+from fedshield.simulations import report, tables
 from fedshield.simulations.engine_inline import run_inline
 from fedshield.tasks.config import RunConfig
 from fedshield.tasks.task import get_task
@@ -101,10 +101,10 @@ def test_non_finite_global_is_never_adopted_and_the_cell_says_diverged(tmp_path)
     store.save_cell(record)
     cells = store.load_cells()
     assert cells[0]["summary"]["diverged"] is True
-    table, _ = report.summary_table(cells)
+    table, _ = tables.summary_table(cells)
     acc = 100 * summary["final_accuracy"]
     assert f"{acc:.1f} (div 1/1)" in table
-    asr = report.Grid(cells, lambda c: c["summary"].get("final_asr"))
+    asr = tables.Grid(cells, lambda c: c["summary"].get("final_asr"))
     assert asr.cell_text("fedavg", "none") == "div"  # no value, but never shown as missing
     assert "(div 1/1)" in report.write_report(tmp_path).read_text()
 
