@@ -45,7 +45,7 @@ import torch
 from fedshield.aggregators.base import AggregatorError, require_finite
 
 # Column block for the coordinate-wise kernels: c·n values ≈ 1 MiB of float32, so the block being
-# sorted stays in L2 cache (measured fastest on the 2 MiB-L2 benchmark machine; ANCHORS §4.4).
+# sorted stays in L2 cache (measured fastest on the 2 MiB-L2 benchmark machine).
 _SORT_BLOCK_VALUES = 1 << 18
 
 
@@ -89,7 +89,7 @@ def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndar
     The matrix is processed in column blocks: each block (n, c) is transposed into a contiguous
     (c, n) buffer, sorted in place along its rows with numpy's SIMD sort, and ``reduce`` maps the
     sorted (c, n) block to (c,). numpy's sort on contiguous float32 rows beats every torch variant
-    on CPU by 5-10x (ANCHORS §4.2), and the block fits in L2.
+    on CPU by 5-10x, and the block fits in L2.
     """
     x = updates.numpy()
     index = np.asarray(sorted(rows), dtype=np.intp) if rows is not None else None
@@ -202,7 +202,7 @@ def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) 
 
 
 def median_norm(norms: torch.Tensor) -> float:
-    """Median of the norms; an even count averages the two middle values (ANCHORS §2.3)."""
+    """Median of the norms; an even count averages the two middle values."""
     return float(np.median(norms.cpu().numpy()))
 
 

@@ -21,7 +21,7 @@ class FedAvg(Rule):
 
     with c_i the client-reported sample counts (context ``weights``) and r = ``max_weight_ratio``.
     McMahan et al. weight by c_i; the counts are unverified, so one client claiming 10⁶ examples
-    would own the round (research/FLOWER.md §2.3 item 4): the default is the uniform mean, and the
+    would own the round: the default is the uniform mean, and the
     weighted mode caps every count at r times the median count (``r = inf`` is the paper's
     uncapped weighting). Not robust: a single outlier moves the result arbitrarily far
     (``robust = False``).

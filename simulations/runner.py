@@ -1,7 +1,7 @@
 """Run the cells of a sweep — in parallel worker processes — into a results store.
 
 Workers are spawned (``concurrent.futures`` with the ``spawn`` context), each with one torch
-thread and ``OMP_WAIT_POLICY=PASSIVE`` (research/DATA.md §4c: two single-threaded processes beat
+thread and ``OMP_WAIT_POLICY=PASSIVE`` (measured here: two single-threaded processes beat
 one two-threaded process on a shared 2-core machine, and active OpenMP waiting stalls for seconds
 under contention). Only the parent writes to the store, one cell at a time, atomically, as each
 cell finishes; cells already in the store are skipped.

@@ -65,7 +65,7 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Fang et al. / FLTrust MNIST CNN: conv30-pool-conv50-pool-fc100-fcC (see module docstring).
 
-    Under ``torch.func.vmap`` convolutions become slow grouped convolutions on CPU (DATA.md §4d),
+    Under ``torch.func.vmap`` convolutions become slow grouped convolutions on CPU,
     so batched training falls back to a loop for this model.
     """
 

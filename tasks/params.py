@@ -8,8 +8,8 @@ fedshield models) and for any dtype whose values float32 represents exactly (flo
 integers below 2**24 such as BatchNorm's ``num_batches_tracked``).
 
 On the wire, parameters travel as a Flower ``ArrayRecord`` of one numpy ``Array`` per key.
-``arrayrecord_to_vector`` calls ``Array.numpy()`` (an ``np.load`` of the bytes each time, see
-research/FLOWER.md §1.5) exactly once per array, never uses ``keep_input=False`` (which runs
+``arrayrecord_to_vector`` calls ``Array.numpy()`` (an ``np.load`` of the bytes each time in
+Flower 1.42) exactly once per array, never uses ``keep_input=False`` (which runs
 ``gc.collect()`` per call), and can write straight into a preallocated row of the server's (n, d)
 update matrix.
 """

@@ -3,7 +3,7 @@ set.
 
 Written in numpy rather than with flwr-datasets' partitioners: those need the data as a Hugging Face
 ``Dataset`` and pull about 530 MB (pyarrow, pandas, datasets) and 4-6 s of imports for what is index
-bookkeeping, and they lack the Fang/FLTrust bias scheme (research/DATA.md §3). Everything here works
+bookkeeping, and they lack the Fang/FLTrust bias scheme. Everything here works
 on the label vector alone and is deterministic for a seed (one ``numpy`` PCG64 stream from
 ``derive_seed(seed, "partition", scheme)``).
 

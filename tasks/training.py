@@ -16,7 +16,7 @@ clients one by one to float tolerance. Clients may hold different numbers of sam
 smaller batch of an epoch is padded and masked (the masked mean equals the plain mean), and the
 clients are sorted by step count so that step s runs vmap only over the clients that still have a
 step to take (no padded steps, no wasted work). It is used only where it wins on CPU — logistic
-regression and MLPs, 5-10× per research/DATA.md §4d; models whose class sets
+regression and MLPs, 5-10× faster (``fedshield bench training``); models whose class sets
 ``batched_training_wins = False`` (the CNN: under vmap, convolutions become slow grouped
 convolutions) are trained in a plain loop by the same function.
 ``fedshield bench training`` measures the speed-up.

@@ -1,7 +1,7 @@
-"""Where Flower 1.42's built-in robust strategies are wrong (FLOWER.md §2.3), ours is right.
+"""Where Flower 1.42's built-in robust strategies are wrong, ours is right.
 
 Flower's strategies are driven offline through ``aggregate_train`` on reply Messages built with
-explicit Metadata (FLOWER.md §1.4); no SuperLink or Ray is started.
+explicit Metadata; no SuperLink or Ray is started.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_krum_on_raw_weights_with_a_large_offset() -> None:
 
 
 def test_bulyan_recursive_selection_not_flowers_one_shot() -> None:
-    """FLOWER.md §2.3 item 2: Flower 1.42's Bulyan selects θ by one-shot Multi-Krum."""
+    """Flower 1.42's Bulyan selects θ by one-shot Multi-Krum."""
     gen = np.random.default_rng(7)
     n, f, d = 11, 2, 20
     scale = np.array([0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])[:, None]
@@ -114,7 +114,7 @@ def test_bulyan_recursive_selection_not_flowers_one_shot() -> None:
 
 
 def test_trimmed_mean_beta_trims_nothing_at_n4_in_flower() -> None:
-    """FLOWER.md §2.3 item 3: FedTrimmedAvg(β=0.2) at n = 4 averages a 1e6 outlier in."""
+    """Flower 1.42's FedTrimmedAvg(β=0.2) at n = 4 averages a 1e6 outlier in."""
     x = np.array([[1e6], [0.0], [0.1], [-0.1]], dtype=np.float32)
     flower = flower_vector(flwr_strategy.FedTrimmedAvg(beta=0.2), x)
     assert flower[0] == pytest.approx(250_000.0)
@@ -125,7 +125,7 @@ def test_trimmed_mean_beta_trims_nothing_at_n4_in_flower() -> None:
 
 
 def test_multikrum_ignores_inflated_sample_counts() -> None:
-    """FLOWER.md §2.3 item 4: Flower's MultiKrum weights the selected by reported num-examples."""
+    """Flower 1.42's MultiKrum weights the selected by reported num-examples."""
     gen = np.random.default_rng(3)
     honest = 0.1 * gen.standard_normal((9, 30))
     attacker = honest.mean(0) + 0.05  # inconspicuous: always selected

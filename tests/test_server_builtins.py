@@ -1,5 +1,5 @@
 """On identical replies, RobustStrategy with our rules agrees with Flower 1.42's built-in robust
-strategies where those are correct, and is right where they are not (research/FLOWER.md §2.3):
+strategies where those are correct, and is right where they are not:
 float32 Gram distances on raw weights (Krum), num-examples-weighted Multi-Krum, one-shot Bulyan."""
 
 from __future__ import annotations

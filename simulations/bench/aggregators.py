@@ -2,7 +2,7 @@
 
 For each size (n clients, d parameters) one matrix of float32 deltas X (n, d) is drawn, and from it
 n Flower reply Messages carrying the *same* clients' full weights w_0 + x_i (one ArrayRecord, a
-``num-examples`` MetricRecord, explicit Metadata — research/FLOWER.md §1.4). Timed, in the same
+``num-examples`` MetricRecord, explicit Metadata). Timed, in the same
 process and the same run:
 
 - floors: one pass ``X.sum(0)`` (any rule reads every value once) and one Gram product ``X @ X.T``
@@ -21,8 +21,8 @@ size: ms, the ratio to the relevant floor (Gram for distance rules, pass for the
 ms, Flower/ours, and the largest absolute difference between the two results (the Krum family and
 Bulyan may legitimately differ: Flower computes float32 distances on raw weights and selects
 Bulyan's set in one shot). Timings are wall clock on a shared machine: compare ratios from the
-same run. BLAS threads: run with ``OPENBLAS_NUM_THREADS=1`` (set before numpy is imported;
-research/FLOWER.md §2.3 item 5); torch uses ``--threads`` (default 1).
+same run. BLAS threads: run with ``OPENBLAS_NUM_THREADS=1`` (set before numpy is imported:
+Flower's numpy strategies otherwise use every BLAS thread); torch uses ``--threads`` (default 1).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         check_fltrust,
         fltrust_table,
         "Test error (Scaling: error / ASR); published MNIST-0.5 value in parentheses with its "
-        "confidence flag (c confident, ~ approximate, ? not recalled — ANCHORS §3.1).",
+        "confidence flag (c confident, ~ approximate, ? not recalled: the PDF was not available).",
     ),
     "bucketing": Reproduction(
         check_bucketing,

@@ -18,10 +18,10 @@ from fedshield.simulations.findings.results import (
     ordered,
 )
 
-ALIE_SOURCE = "Baruch et al. NeurIPS'19; ANCHORS §3.4"
+ALIE_SOURCE = "Baruch et al. NeurIPS'19"
 
 
-IPM_SOURCE = "Xie et al. UAI'19; ANCHORS §3.5"
+IPM_SOURCE = "Xie et al. UAI'19"
 
 
 def check_alie_ipm(results: Results) -> list[Finding]:

@@ -21,7 +21,7 @@ from fedshield.simulations.findings.results import (
     ordered,
 )
 
-BUCKETING_SOURCE = "Karimireddy et al. ICLR'22 exp1 (verified table); ANCHORS §3.7"
+BUCKETING_SOURCE = "Karimireddy et al. ICLR'22 exp1 (verified table)"
 
 
 def check_bucketing(results: Results, *, close: float = 0.02, gap: float = 0.05) -> list[Finding]:
@@ -88,7 +88,7 @@ def check_bucketing(results: Results, *, close: float = 0.02, gap: float = 0.05)
     ]
 
 
-# Karimireddy et al. ICLR'22 exp1, test accuracy % (mean ± std, 3 seeds): verified (ANCHORS §3.7).
+# Karimireddy et al. ICLR'22 exp1, test accuracy % (mean ± std, 3 seeds): verified.
 BUCKETING_PUBLISHED: dict[str, tuple[str, str]] = {
     "fedavg": ("98.84 ± 0.08", "98.84 ± 0.07"),
     "krum": ("98.10 ± 0.14", "82.97 ± 3.64"),

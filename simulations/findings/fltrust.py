@@ -22,14 +22,14 @@ from fedshield.simulations.findings.results import (
     ordered,
 )
 
-FLTRUST_SOURCE = "Cao et al. NDSS'21 Table II (MNIST-0.5); ANCHORS §3.1"
+FLTRUST_SOURCE = "Cao et al. NDSS'21 Table II (MNIST-0.5)"
 
 
 FANG_SOURCE = "Fang et al. USENIX Sec'20 §3.2 (ordering only; numbers unverified)"
 
 
 def check_fltrust(results: Results, *, margin: float = 0.04) -> list[Finding]:
-    """The four pass criteria of ANCHORS §3.1 and Fang et al.'s ordering (module docstring)."""
+    """The four pass criteria and Fang et al.'s ordering (module docstring)."""
     r = results
 
     def fltrust_everywhere() -> tuple[bool, str]:
@@ -109,7 +109,7 @@ def check_fltrust(results: Results, *, margin: float = 0.04) -> list[Finding]:
     ]
 
 
-# FLTrust Table II, MNIST-0.5: research/ANCHORS.md §3.1 (recollection, NOT read from the PDF).
+# FLTrust Table II, MNIST-0.5: the team's recollection, NOT read from the PDF.
 # Flags: c confident, ~ approximate (±0.02–0.05), ? not recalled. Scaling: "error / ASR".
 FLTRUST_PUBLISHED: dict[str, dict[str, str]] = {
     "fedavg": {
