@@ -14,7 +14,7 @@ Checks, in order (first failure wins):
    MetricRecord ``metrics`` and optionally a ConfigRecord ``meta`` (keys configurable);
 5. ``keys-mismatch`` / ``shape-mismatch`` / ``dtype-mismatch``  the ArrayRecord must have the global
    model's keys, each with its shape and dtype (declared metadata);
-6. ``bad-num-examples`` the weight key (``num-examples``) must be a finite number >= 1; it is
+6. ``bad-num-examples`` the weight key (``num-examples``) must be a number in [1, 2⁵³]; it is
    client-reported and unverified, so the round core also *caps* it (not dropped) at
    ``min(max_num_examples, cap_factor · median of the round's reports)``;
 7. ``bad-meta``        ``meta`` has a ``partition-id`` not an int >= 0 or a non-bool ``malicious``;
@@ -151,7 +151,7 @@ def check_reply(
     reported = metrics.get(keys.weight)
     if not _is_count(reported):
         return reject(Reason.NUM_EXAMPLES,
-                      f"{keys.weight!r} must be a finite number >= 1, got {reported!r}")
+                      f"{keys.weight!r} must be a number in [1, 2^53], got {reported!r}")
     partition_id, malicious, meta_problem = _read_meta(meta)
     if meta_problem:
         return reject(Reason.META, meta_problem)
@@ -205,12 +205,17 @@ def _check_arrays(arrays: ArrayRecord, expected: Expected) -> tuple[Reason, str]
     return None
 
 
+# No client holds more than 2^53 examples (the largest count a float64 holds exactly); a larger
+# claim is a lie whose only use is to overflow the weights.
+MAX_NUM_EXAMPLES = 2**53
+
+
 def _is_count(value: Any) -> bool:
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and value >= 1
+        and 1 <= value <= MAX_NUM_EXAMPLES
     )
 
 

@@ -111,15 +111,30 @@ def flatten(state: nn.Module | Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def unflatten(vec: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:
-    """A state_dict (new tensors, not views of ``vec``) with the layout's keys, shapes, dtypes."""
+    """A state_dict (new tensors, not views of ``vec``) with the layout's keys, shapes, dtypes.
+
+    Integer entries (BatchNorm's ``num_batches_tracked``) are rounded and saturate at their
+    dtype's range: a float far beyond it never wraps around (2⁶³ − 1 + 1 would become −2⁶³)."""
     layout.check_vector(vec)
     pieces = torch.split(vec.detach(), layout.sizes)
     return {
-        key: piece.reshape(shape).to(dtype, copy=True)
+        key: _cast(piece.reshape(shape), dtype)
         for key, shape, dtype, piece in zip(
             layout.keys, layout.shapes, layout.dtypes, pieces, strict=True
         )
     }
+
+
+def _cast(piece: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype.is_floating_point or dtype == torch.bool or piece.dtype == dtype:
+        return piece.to(dtype, copy=True)
+    info = torch.iinfo(dtype)
+    wide = piece.double().round()
+    # the largest float64 below 2^63 is 2^63 − 1024: clamp there, then saturate exactly
+    top = float(min(info.max, 2**63 - 1024))
+    out = wide.clamp(float(info.min), top).to(dtype)
+    out[wide > top] = info.max
+    return out
 
 
 def load_vector(model: nn.Module, vec: torch.Tensor) -> None:
@@ -165,10 +180,33 @@ def arrayrecord_to_vector(
         )
     target = out.numpy()
     for (key, start, stop), shape in zip(layout.offsets(), layout.shapes, strict=True):
+        declared = _check_payload(key, record[key], shape)
         array = record[key].numpy()  # deserialises: call once
         if tuple(array.shape) != shape:
             raise ParamsError(f"ArrayRecord[{key!r}] has shape {array.shape}, expected {shape}")
-        if not np.issubdtype(array.dtype, np.number):
-            raise ParamsError(f"ArrayRecord[{key!r}] has non-numeric dtype {array.dtype}")
+        if array.dtype != declared:
+            raise ParamsError(f"ArrayRecord[{key!r}] bytes hold {array.dtype}, declared {declared}")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ParamsError(f"ArrayRecord[{key!r}] has non-real dtype {array.dtype}")
         target[start:stop] = array.reshape(-1)
     return out
+
+
+# An npy header is padded to a multiple of 64 bytes and, for an array of a few dimensions, far
+# smaller than this; a payload beyond data + this is not what the declared shape serialises to.
+_NPY_HEADER_MAX = 4096
+
+
+def _check_payload(key: str, arr: Array, shape: tuple[int, ...]) -> np.dtype:
+    """Before deserialising: the byte length must fit the declared dtype and shape, so a huge
+    payload declared as a tiny shape is refused without being decoded."""
+    try:
+        declared = np.dtype(arr.dtype)
+    except TypeError:
+        raise ParamsError(f"ArrayRecord[{key!r}] declares an unknown dtype {arr.dtype!r}") from None
+    expected = int(np.prod(shape, dtype=np.int64)) * declared.itemsize
+    size = len(arr.data)
+    if not expected <= size <= expected + _NPY_HEADER_MAX:
+        raise ParamsError(f"ArrayRecord[{key!r}] carries {size} bytes; {shape} {declared} is "
+                          f"{expected} bytes (+ a header of at most {_NPY_HEADER_MAX})")
+    return declared

@@ -120,7 +120,47 @@ def test_malformed_reply_dropped_with_reason_round_goes_on(reason):
     assert [c["reason"] for c in bad] == [reason] and bad[0]["node_id"] == 9
 
 
-@pytest.mark.parametrize("value", [-5, 0.5, float("inf"), None])
+def _declared_float32(data: bytes) -> ArrayRecord:
+    return ArrayRecord({"w": Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray",
+                                   data=data),
+                        "b": Array(np.zeros(3, np.float32))})
+
+
+@pytest.mark.parametrize(("data", "detail"), [
+    # declared float32, the bytes hold complex128: the imaginary part would be dropped silently
+    (Array(np.full((2, 3), 1 + 5j, np.complex128)).data, "bytes"),
+    (Array(np.zeros((2, 3), np.float64)).data, "bytes"),
+    # a large payload declared as a tiny shape is refused before it is decoded
+    (Array(np.zeros(4_000_000, np.float32)).data, "16000128 bytes"),
+])
+def test_payload_must_be_what_the_declared_dtype_and_shape_serialise_to(data, detail,
+                                                                        monkeypatch):
+    decoded = []
+    real_numpy = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: decoded.append(len(self.data))
+                        or real_numpy(self))
+    strategy = RobustStrategy(Mean())
+    _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0),
+                                      reply(9, 0.0, arrays=_declared_float32(data))])
+    assert metrics["rejected-undecodable"] == 1 and metrics["accepted"] == 2
+    (bad,) = [c for c in strategy.reports[1]["clients"] if c["status"] == "rejected"]
+    assert detail in bad["detail"]
+    assert max(decoded) < 1000  # nothing of the oversized payload was deserialised
+
+
+def test_integer_buffers_saturate_instead_of_wrapping_under_a_server_step():
+    base = ArrayRecord({"n": Array(np.array([2**62], np.int64)),
+                        "w": Array(np.zeros(2, np.float32))})
+    replies = [reply(i, 0.0, base=base,
+                     arrays=ArrayRecord({"n": Array(np.array([2**63 - 1], np.int64)),
+                                         "w": Array(np.ones(2, np.float32))}))
+               for i in (1, 2)]
+    new, _ = run_round(RobustStrategy(Mean(), server_lr=4.0), replies, arrays=base)
+    assert new["n"].numpy().tolist() == [2**63 - 1]  # saturated, not −2^63
+    assert new["n"].numpy().dtype == np.int64
+
+
+@pytest.mark.parametrize("value", [-5, 0.5, float("inf"), None, 2.0**53 + 2, 3.4e38])
 def test_bad_num_examples_values(value):
     strategy = RobustStrategy(Mean())
     _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0, num_examples=value)])
@@ -306,16 +346,6 @@ def test_seeded_sampling_is_reproducible_and_sorted():
         picks.append([m.metadata.dst_node_id for m in msgs])
         assert msgs[0].content["config"]["server-round"] == 2
     assert picks[0] == picks[1] == sorted(picks[0]) and len(picks[0]) == 3
-
-
-def test_cap_num_examples_hand_computed():
-    from fedshield.server.round import cap_num_examples
-
-    # median of (10, 20, 30, 1000) is 25 -> cap 250
-    assert cap_num_examples([10, 20, 30, 1000]) == [10, 20, 30, 250]
-    assert cap_num_examples([10, 20, 30, 1000], max_num_examples=15) == [10, 15, 15, 15]
-    assert cap_num_examples([10, 1000], cap_factor=None) == [10, 1000]
-    assert cap_num_examples([]) == []
 
 
 def test_per_client_state_is_keyed_by_node_id_never_by_the_claimed_partition_id():
