@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedshield.aggregators import Aggregation, AggregatorError, Rule, available, create
-
 __version__ = "0.2.0"
 __all__ = [
     "Aggregation",
@@ -30,11 +28,16 @@ __all__ = [
     "create",
 ]
 
-_LAZY = {name: "fedshield.server.strategy" for name in ("RobustStrategy", "StrategyError")}
+_LAZY = {
+    **dict.fromkeys(("Aggregation", "AggregatorError", "Rule", "available", "create"),
+                    "fedshield.aggregators"),
+    **dict.fromkeys(("RobustStrategy", "StrategyError"), "fedshield.server.strategy"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``RobustStrategy`` imports Flower: load it on first use, so the rules stay light."""
+    """Loaded on first use: the rules import torch and ``RobustStrategy`` Flower, which the
+    ``fedshield`` command's ``--help`` and ``ledger verify`` do not need."""
     if name in _LAZY:
         import importlib
 

@@ -7,15 +7,21 @@ Layout: ``<output_dir>/checkpoints/round-000007.pt``, one file per finished roun
 Files are written atomically (temporary file + ``os.replace``) so a crash mid-write never leaves a
 truncated "latest" checkpoint; only the ``keep`` most recent are kept.
 
+A round is committed in this order: its ledger row, its ``rounds.jsonl`` row, then its
+checkpoint, which records how many ledger rows and ``rounds.jsonl`` bytes the committed rounds
+hold (``meta["ledger_rows"]``, ``meta["rounds_bytes"]``). The checkpoint is the commit point: a
+crash at any step leaves either a committed round or records past the last checkpoint, which a
+resume cuts back (:meth:`RowLog.truncate`, ``Ledger.truncate``) before it redoes the round.
+
 Resume policy (ServerApp, run_config ``resume=true``): the run restarts after the latest
-checkpoint's round, from its vector, appending to the same ledger and ``rounds.jsonl``.
-A checkpoint whose ``keys``/``shapes`` differ from the task's model, or whose round exceeds
-the configured rounds, is refused with :class:`CheckpointError` (another experiment wrote
-that output_dir).
+checkpoint's round, from its vector. A checkpoint whose ``keys``/``shapes``, rule or rule
+parameters differ from the run, or whose round exceeds the configured rounds, is refused with
+:class:`CheckpointError` (another experiment wrote that output_dir).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -109,15 +115,21 @@ class CheckpointStore:
 
 
 def check_compatible(
-    ckpt: Checkpoint, keys: list[str], shapes: list[list[int]], rounds: int
+    ckpt: Checkpoint, keys: list[str], shapes: list[list[int]], rounds: int,
+    rule: dict[str, Any] | None = None,
 ) -> None:
     """Raise :class:`CheckpointError` unless ``ckpt`` belongs to a model with these keys/shapes
-    and leaves rounds to run (``ckpt.round <= rounds``)."""
+    (and, given ``rule`` = {"rule", "rule_params"}, to this rule) and leaves rounds to run
+    (``ckpt.round <= rounds``)."""
     if ckpt.keys and (ckpt.keys != list(keys) or ckpt.shapes != [list(s) for s in shapes]):
         raise CheckpointError(
             "checkpoint model layout differs from the task's model (different model/dataset "
             "wrote this output_dir); use another output_dir or resume=false"
         )
+    for key, value in (rule or {}).items():
+        if key in ckpt.meta and ckpt.meta[key] != value:
+            raise CheckpointError(f"checkpoint was written with {key}={ckpt.meta[key]!r}, the run "
+                                  f"has {value!r}; use another output_dir")
     if ckpt.round > rounds:
         raise CheckpointError(
             f"checkpoint is at round {ckpt.round} but the run has rounds={rounds}"
@@ -137,3 +149,35 @@ def atomic_torch_save(obj: Any, target: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class RowLog:
+    """An append-only JSONL file of per-round rows (``rounds.jsonl``), each line fsync'd."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, size: int) -> int:
+        """Keep the first ``size`` bytes (the committed rounds); returns the bytes cut."""
+        current = self.size()
+        if current > size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(size)
+                os.fsync(fh.fileno())
+        return max(0, current - size)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]

@@ -34,13 +34,20 @@ working directory is the SuperLink's):
 Data: the apps are the installed ``fedshield`` package's, and so is its vendored MNIST: neither
 ``digits`` nor ``mnist`` needs a ``data-root``.
 
-Resume (``resume=true``): if ``output_dir/checkpoints`` holds a checkpoint of the same model, the
-run continues after its round from its vector (rounds, seeds and sampling continue as if
-uninterrupted; a stateful rule's state is restored), appending to the ledger (a ``resume`` row)
-and to ``rounds.jsonl``. Rows of rounds after the checkpoint (a crash between the row and the
-checkpoint) are dropped from ``rounds.jsonl`` so every round appears once; the ledger keeps
-them (append-only). Without ``resume``, an ``output_dir`` that already holds a ledger is
-refused (``ServerAppError``).
+Durability: the ledger is signed with the server's Ed25519 ledger key, kept outside the output
+directory (run config ``ledger-key``, else ``$FEDSHIELD_LEDGER_KEY``, else
+``~/.fedshield/ledger-key.pem``, created 0600 on first use); ``ledger.pub`` is written beside the
+ledger. Each round commits its ledger row, its ``rounds.jsonl`` row, then its checkpoint (the
+commit point; see :mod:`fedshield.server.checkpoint`).
+
+Resume (``resume=true``): the run continues after the latest readable checkpoint, from its vector
+and its rule state (rounds, seeds and sampling continue as if uninterrupted). Ledger rows and
+``rounds.jsonl`` rows past that checkpoint belong to a round that was never committed: they are
+cut (the ledger's go to ``ledger.jsonl.uncommitted``) and the round is redone, so both files end
+as an uninterrupted run's, the ledger with one ``resume`` row more. A ``resume=true`` whose
+output_dir holds a run but no usable checkpoint is refused; ``restart=true`` moves the old run
+aside (``previous-<time>/``) and starts afresh. Without either, an ``output_dir`` that already
+holds a ledger is refused (``ServerAppError``).
 """
 
 from __future__ import annotations
@@ -48,8 +55,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
-from logging import INFO
+from dataclasses import asdict, dataclass
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +66,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedshield import aggregators
-from fedshield.server.checkpoint import CheckpointStore, atomic_torch_save, check_compatible
+from fedshield.server.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    RowLog,
+    atomic_torch_save,
+    check_compatible,
+)
 from fedshield.server.evaluation import GlobalEvaluator
-from fedshield.server.ledger import Ledger, tensor_hash
+from fedshield.server.ledger import Ledger, LedgerError, key_path, load_or_create_key, tensor_hash
 from fedshield.server.reference import reference_update
 from fedshield.server.round import require_round_size
 from fedshield.server.strategy import RobustStrategy
@@ -78,13 +91,20 @@ app = ServerApp()
 NODE_WAIT_SECONDS = 300.0  # a federation smaller than num-clients fails after this, not never
 
 
+#: run-config keys the ServerApp reads besides RunConfig's, with their defaults
+SERVER_APP_KEYS: dict[str, bool | str] = {"resume": False, "restart": False, "ledger-key": ""}
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
-    resume = context.run_config.get("resume", False)
-    if not isinstance(resume, bool):
-        raise ServerAppError(f"resume must be a boolean, got {resume!r}")
-    run_server(grid, cfg, resume=resume)
+    extra = {key: context.run_config.get(key, default)
+             for key, default in SERVER_APP_KEYS.items()}
+    for key, default in SERVER_APP_KEYS.items():
+        if type(extra[key]) is not type(default):
+            raise ServerAppError(f"{key} must be a {type(default).__name__}, got {extra[key]!r}")
+    run_server(grid, cfg, resume=bool(extra["resume"]), restart=bool(extra["restart"]),
+               ledger_key=str(extra["ledger-key"]) or None)
 
 
 def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
@@ -105,7 +125,8 @@ def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
     return adversary_stage(attack, rule, cfg.seed)
 
 
-def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Tensor:
+def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: bool = False,
+               ledger_key: str | None = None) -> torch.Tensor:
     """Run ``cfg`` on ``grid``; returns the final global vector (also written to final.pt)."""
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
@@ -116,44 +137,27 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
         raise ServerAppError(str(exc)) from None
     attack = build_attack(cfg, task.dataset)
     out = Path(cfg.output_dir) if cfg.output_dir else None
-    start_vec, done = task.initial_vector().clone(), 0
-    ledger = store = None
-    rounds_path = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        rounds_path = out / "rounds.jsonl"
-        store = CheckpointStore(out / "checkpoints")
-        if (out / "ledger.jsonl").exists() and not resume:
-            raise ServerAppError(
-                f"output_dir {str(out)!r} already holds a run (ledger.jsonl); pass resume=true "
-                "to continue it or choose another output_dir"
-            )
-        ledger = Ledger(out / "ledger.jsonl")
+    files = _open_run_files(out, resume=resume, restart=restart, ledger_key=ledger_key)
     strategy = RobustStrategy(
         rule, server_lr=cfg.server_lr,
         reference_fn=(lambda rnd, g: reference_update(task, g, rnd, cfg))
         if rule.needs_reference else None,
-        adversary=_adversary(cfg, attack, rule), ledger=ledger, checkpoints=store,
+        adversary=_adversary(cfg, attack, rule), ledger=files.ledger,
+        checkpoints=files.checkpoints, rows=files.rows, auto_commit=False,
         sample_seed=cfg.seed,
         fraction_train=per_round / cfg.num_clients, min_train_nodes=per_round,
         min_available_nodes=cfg.num_clients, fraction_evaluate=0.0,
         node_wait_timeout=NODE_WAIT_SECONDS,
     )
-    ckpt = store.latest() if (resume and store is not None) else None
-    if ckpt is not None:
-        check_compatible(ckpt, list(task.layout.keys), [list(s) for s in task.layout.shapes],
-                         cfg.rounds)
-        start_vec, done = ckpt.vector.clone(), ckpt.round
-        strategy.restore(ckpt)
-        _truncate_rows(rounds_path, done)
-        ledger.append({"kind": "resume", "from_round": done, "model_hash": tensor_hash(start_vec)})
-        log(INFO, "Resuming from checkpoint of round %s", done)
-    elif ledger is not None:
-        ledger.append({"kind": "start", "config": _config_json(cfg), "rule": rule.name,
-                       "rule_params": rule.params(), "model_hash": tensor_hash(start_vec)})
+    start_vec, done = task.initial_vector().clone(), 0
+    if files.ledger is not None and resume and files.ledger.rows:
+        start_vec, done = _resume(files, strategy, task, cfg)
+    elif files.ledger is not None:
+        files.ledger.append({"kind": "start", "config": _config_json(cfg), "rule": rule.name,
+                             "rule_params": rule.params(), "model_hash": tensor_hash(start_vec)})
     final = start_vec
     if done < cfg.rounds:
-        evaluate_fn = _evaluate_fn(cfg, task, attack, strategy, rounds_path)
+        evaluate_fn = _evaluate_fn(cfg, task, attack, strategy)
         strategy.start(grid, to_arrayrecord(start_vec, task.layout), num_rounds=cfg.rounds - done,
                        evaluate_fn=evaluate_fn)
         final = strategy.latest_vec if strategy.latest_vec is not None else start_vec
@@ -162,8 +166,84 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False) -> torch.Ten
     return final
 
 
-def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrategy,
-                 rounds_path: Path | None):
+@dataclass
+class RunFiles:
+    ledger: Ledger | None = None
+    checkpoints: CheckpointStore | None = None
+    rows: RowLog | None = None
+
+
+def _open_run_files(out: Path | None, *, resume: bool, restart: bool,
+                    ledger_key: str | None) -> RunFiles:
+    if out is None:
+        return RunFiles()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ServerAppError(f"output_dir {str(out)!r} is not writable: {exc.strerror}") from None
+    key_file = key_path(ledger_key).resolve()
+    if key_file.is_relative_to(out.resolve()):
+        raise ServerAppError(f"the ledger key {str(key_file)!r} must live outside output_dir "
+                             f"{str(out)!r}: whoever can write the output could sign with it")
+    has_run = (out / "ledger.jsonl").exists()
+    if has_run and restart:
+        _move_aside(out)
+    elif has_run and not resume:
+        raise ServerAppError(
+            f"output_dir {str(out)!r} already holds a run (ledger.jsonl); pass resume=true "
+            "to continue it, restart=true to move it aside and start over, or choose another "
+            "output_dir")
+    try:
+        key = load_or_create_key(key_file)
+        ledger = Ledger(out / "ledger.jsonl", key=key)
+    except LedgerError as exc:
+        raise ServerAppError(str(exc)) from None
+    if ledger.torn:
+        log(WARNING, "ledger: a torn last line (%d bytes) was moved to ledger.jsonl.torn",
+            len(ledger.torn))
+    return RunFiles(ledger, CheckpointStore(out / "checkpoints"), RowLog(out / "rounds.jsonl"))
+
+
+def _move_aside(out: Path) -> None:
+    """``restart=true``: the previous run's files go to ``previous-<UTC time>/`` (never lost)."""
+    aside = out / time.strftime("previous-%Y%m%dT%H%M%SZ", time.gmtime())
+    aside.mkdir()
+    for name in ("ledger.jsonl", "ledger.jsonl.torn", "ledger.jsonl.uncommitted", "ledger.pub",
+                 "rounds.jsonl", "checkpoints", "final.pt"):
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+    log(INFO, "restart: the previous run was moved to %s", aside)
+
+
+def _resume(files: RunFiles, strategy: RobustStrategy, task: Any,
+            cfg: RunConfig) -> tuple[torch.Tensor, int]:
+    """Continue after the latest checkpoint: cut what the crashed round left uncommitted."""
+    assert files.ledger is not None and files.checkpoints is not None and files.rows is not None
+    ckpt = files.checkpoints.latest()
+    if ckpt is None:
+        raise ServerAppError(
+            f"resume=true, but {str(files.checkpoints.directory)!r} holds no readable "
+            "checkpoint of this run; pass restart=true to move the run aside and start over")
+    try:
+        check_compatible(ckpt, list(task.layout.keys), [list(s) for s in task.layout.shapes],
+                         cfg.rounds, strategy.rule_identity())
+    except CheckpointError as exc:
+        raise ServerAppError(str(exc)) from None
+    cut = files.ledger.truncate(int(ckpt.meta.get("ledger_rows") or files.ledger.rows))
+    files.rows.truncate(int(ckpt.meta.get("rounds_bytes") or files.rows.size()))
+    strategy.restore(ckpt)
+    files.ledger.append({"kind": "resume", "from_round": ckpt.round,
+                         "model_hash": tensor_hash(ckpt.vector),
+                         "uncommitted_rows": [json.loads(line)["hash"] for line in cut]})
+    log(INFO, "Resuming from the checkpoint of round %s (%d uncommitted ledger rows cut)",
+        ckpt.round, len(cut))
+    return ckpt.vector.clone(), ckpt.round
+
+
+def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrategy):
     evaluator = GlobalEvaluator(task, attack)
     clock = {"t": time.perf_counter()}
 
@@ -175,27 +255,14 @@ def _evaluate_fn(cfg: RunConfig, task: Any, attack: Any, strategy: RobustStrateg
         metrics: dict[str, float | None] = {"accuracy": None, "loss": None, "asr": None}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             metrics = evaluator(arrayrecord_to_vector(arrays, task.layout))
-        record = strategy.records.get(rnd)
-        row = {**(record.row() if record is not None else {"round": rnd}), **metrics}
+        row = {**strategy.records[rnd].row(), **metrics}
         now = time.perf_counter()
         row["round_seconds"], clock["t"] = now - clock["t"], now
-        if rounds_path is not None:
-            with open(rounds_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row, allow_nan=False) + "\n")
+        strategy.commit(rnd, row)
         values = {k: v for k, v in metrics.items() if v is not None}
         return MetricRecord(values) if values else None
 
     return evaluate_fn
-
-
-def _truncate_rows(path: Path | None, last_round: int) -> None:
-    if path is None or not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("round", 0) <= last_round]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _config_json(cfg: RunConfig) -> dict[str, Any]:

@@ -17,7 +17,10 @@ One round (``aggregate_train``), with θ_t the global model captured in ``config
    (non-finite rows, the simulation's adversary stage, the too-few-clients skip, the reference
    update, the rule, the step, divergence, shares, detection, norms, losses), the same code the
    inline engine runs;
-4. a ledger row and a checkpoint (when configured).
+4. the commit (:meth:`RobustStrategy.commit`): the ledger row, the metrics row, then the
+   checkpoint, which marks the round as committed (a crash before it is redone on resume).
+   ``RobustStrategy`` commits in ``aggregate_train``; fedshield's ServerApp sets
+   ``auto_commit=False`` and commits after its evaluation, so that the metrics row is part of it.
 
 The round's :class:`~fedshield.server.round.RoundRecord` is kept in ``strategy.records[round]``
 (``strategy.reports[round]`` is its ledger payload). Stateful rules key their per-client state by
@@ -39,7 +42,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedshield import aggregators
 from fedshield.aggregators import Rule
-from fedshield.server.checkpoint import Checkpoint, CheckpointStore
+from fedshield.server.checkpoint import Checkpoint, CheckpointStore, RowLog
 from fedshield.server.ledger import Ledger
 from fedshield.server.round import AdversaryFn, ReferenceFn, RoundCore, RoundRecord
 from fedshield.server.validation import (
@@ -65,7 +68,9 @@ class RobustStrategy(FedAvg):
     reference_fn: (round, θ_t) -> reference delta; required when the rule needs one (FLTrust).
     adversary:   simulation-only colluding stage (round, updates (n,d), malicious (n,)) -> the
                  crafted malicious rows (m,d) (``fedshield.clients.attacks.adversary``).
-    ledger, checkpoints: optional durability (``server.ledger.Ledger``, ``CheckpointStore``).
+    ledger, checkpoints, rows: optional durability (``server.ledger.Ledger``, ``CheckpointStore``,
+        ``RowLog`` of the per-round rows), written by :meth:`commit`.
+    auto_commit: commit each round in ``aggregate_train`` (False: the caller calls ``commit``).
     max_num_examples, num_examples_cap_factor: cap on the client-reported weights
         (absolute, and relative to the round's median report; None disables either).
     round_offset: rounds already done (resume): Flower's round r is reported as r + round_offset.
@@ -85,6 +90,8 @@ class RobustStrategy(FedAvg):
         adversary: AdversaryFn | None = None,
         ledger: Ledger | None = None,
         checkpoints: CheckpointStore | None = None,
+        rows: RowLog | None = None,
+        auto_commit: bool = True,
         max_num_examples: float | None = None,
         num_examples_cap_factor: float | None = 10.0,
         round_offset: int = 0,
@@ -115,6 +122,8 @@ class RobustStrategy(FedAvg):
                               num_examples_cap_factor=num_examples_cap_factor)
         self.ledger = ledger
         self.checkpoints = checkpoints
+        self.rows = rows
+        self.auto_commit = auto_commit
         self.round_offset = round_offset
         self.sample_seed = sample_seed
         self.node_wait_timeout = node_wait_timeout
@@ -199,19 +208,33 @@ class RobustStrategy(FedAvg):
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def _record(self, record: RoundRecord) -> None:
-        rnd = record.round
-        self.records[rnd] = record
-        self.reports[rnd] = report = record.report()
+        self.records[record.round] = record
+        self.reports[record.round] = record.report()
         self.latest_vec = record.new_vec
+        if self.auto_commit:
+            self.commit(record.round)
+
+    def commit(self, rnd: int, row: dict[str, Any] | None = None) -> None:
+        """Persist round ``rnd``: its ledger row, its metrics ``row`` (default: the record's),
+        then the checkpoint, which records the ledger rows and metrics bytes it covers — the
+        commit point of the round."""
         if self.ledger is not None:
-            self.ledger.append({"kind": "round", **report})
+            self.ledger.append({"kind": "round", **self.reports[rnd]})
+        if self.rows is not None:
+            self.rows.append(row if row is not None else self.records[rnd].row())
         if self.checkpoints is not None:
             assert self._layout is not None
             self.checkpoints.save(Checkpoint(
-                rnd, record.new_vec, list(self._layout.keys),
+                rnd, self.records[rnd].new_vec, list(self._layout.keys),
                 [list(s) for s in self._layout.shapes], rule_state=self.rule.state_dict(),
-                meta={"rule": self.rule.name, "rule_params": _plain(self.rule.params())},
+                meta={**self.rule_identity(),
+                      "ledger_rows": None if self.ledger is None else self.ledger.rows,
+                      "rounds_bytes": None if self.rows is None else self.rows.size()},
             ))
+
+    def rule_identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed by this strategy."""
+        return {"rule": self.rule.name, "rule_params": _plain(self.rule.params())}
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue after ``ckpt``: offset the rounds and restore the rule's cross-round state

@@ -81,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
     p = sub.add_parser("findings", help="check a results directory against a paper's findings "
-                       "(fltrust, bucketing, alie-ipm); see simulations/findings.py")
+                       "(fltrust, bucketing, alie-ipm); see simulations/findings/")
     p.add_argument("args", nargs=argparse.REMAINDER, help="e.g. fltrust results/fltrust-mnist")
 
     p = sub.add_parser("ledger", help="round ledger tools")
     lsub = p.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
-    v = lsub.add_parser("verify", help="check a ledger's hash chain")
-    v.add_argument("path", type=Path)
+    from fedshield.server.ledger import add_verify_arguments
+
+    add_verify_arguments(lsub.add_parser(
+        "verify", help="check a ledger's chain, signatures and model history; print its head"))
     return parser
 
 
@@ -148,7 +150,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return int(findings_main(args.args) or 0)
     if command == "ledger":
-        return cmd_ledger_verify(args.path)
+        from fedshield.server.ledger import report
+
+        return report(args)
     raise AssertionError(command)
 
 
@@ -352,17 +356,6 @@ def _first_doc_line(path: Path) -> str:
         if line.startswith("#") and text:
             return text
     return ""
-
-
-def cmd_ledger_verify(path: Path) -> int:
-    from fedshield.server.ledger import verify_ledger
-
-    check = verify_ledger(path)
-    if check.ok:
-        print(f"ok: {check.rows} rows, hash chain intact ({path})")
-        return 0
-    print(f"FAILED: {path}: row {check.first_bad}: {check.reason} ({check.rows} rows read)")
-    return 1
 
 
 if __name__ == "__main__":

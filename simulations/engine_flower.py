@@ -81,7 +81,9 @@ def declared_config_keys(app_dir: Path) -> set[str]:
 
 def app_pyproject() -> dict[str, Any]:
     """The Flower app of the installed package: its components and every RunConfig key (plus
-    ``resume``) with its default, as ``flwr run`` needs them."""
+    the ServerApp's own keys) with its default, as ``flwr run`` needs them."""
+    from fedshield.server.server_app import SERVER_APP_KEYS
+
     return {
         "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
         "project": {"name": "fedshield-app", "version": "0.0.0", "dependencies": []},
@@ -90,7 +92,7 @@ def app_pyproject() -> dict[str, Any]:
             "fab-include": ["pyproject.toml"],
             "components": {"serverapp": "fedshield.server.server_app:app",
                            "clientapp": "fedshield.clients.client_app:app"},
-            "config": {**RunConfig().to_flower(), "resume": False},
+            "config": {**RunConfig().to_flower(), **SERVER_APP_KEYS},
         }}},
     }
 

@@ -1,12 +1,16 @@
 """Shared test setup: deterministic single-threaded torch, no network for Flower."""
 
 import os
+import tempfile
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# the server's ledger key of the test session: outside every output directory, never the user's
+os.environ.setdefault("FEDSHIELD_LEDGER_KEY",
+                      os.path.join(tempfile.mkdtemp(prefix="fedshield-key-"), "ledger-key.pem"))
 
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402

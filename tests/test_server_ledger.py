@@ -131,3 +131,110 @@ def test_checkpoint_compatibility(tmp_path):
         check_compatible(ck, ["w"], [[2, 2]], rounds=5)
     with pytest.raises(CheckpointError, match="rounds=2"):
         check_compatible(ck, ["w"], [[4]], rounds=2)
+
+
+# --- signatures, head, model history, torn tail --------------------------------------------------
+def signed(path, key, n=3):
+    ledger = Ledger(path, key=key)
+    ledger.append({"kind": "start", "model_hash": "m0"})
+    for i in range(1, n + 1):
+        ledger.append({"kind": "round", "round": i, "model_hash_before": f"m{i - 1}",
+                       "model_hash_after": f"m{i}"})
+    return ledger
+
+
+@pytest.fixture
+def key(tmp_path):
+    from fedshield.server.ledger import load_or_create_key
+
+    return load_or_create_key(tmp_path / "keys" / "ledger-key.pem")
+
+
+def test_the_key_is_created_private_and_outside_the_output(tmp_path, key):
+    import stat
+
+    path = tmp_path / "keys" / "ledger-key.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_forged_row_with_a_recomputed_hash_is_caught_by_its_signature(tmp_path, key):
+    path = tmp_path / "out" / "ledger.jsonl"
+    ledger = signed(path, key)
+    assert verify_ledger(path).ok
+    forged = {"kind": "round", "round": 4, "model_hash_before": "m3", "model_hash_after": "evil",
+              "seq": 4, "prev_hash": ledger.last_hash}
+    forged["hash"] = row_hash(forged)  # the unkeyed chain alone would accept this row
+    with open(path, "ab") as fh:
+        fh.write(canonical_json(forged) + b"\n")
+    check = verify_ledger(path)
+    assert not check.ok and check.first_bad == 5 and "not signed" in check.reason
+    forged["sig"] = "00" * 64
+    lines_ = [*path.read_bytes().splitlines()[:-1], canonical_json(forged)]
+    path.write_bytes(b"\n".join(lines_) + b"\n")
+    check = verify_ledger(path)
+    assert not check.ok and "signature does not verify" in check.reason
+
+
+def test_a_replaced_public_key_is_caught_when_the_key_is_pinned(tmp_path, key):
+    from fedshield.server.ledger import load_or_create_key, public_pem
+
+    path = tmp_path / "out" / "ledger.jsonl"
+    signed(path, key)
+    trusted = tmp_path / "trusted.pub"
+    trusted.write_bytes(public_pem(key))
+    # the attacker re-signs everything with their own key and replaces ledger.pub
+    evil = load_or_create_key(tmp_path / "evil.pem")
+    rows = [json.loads(x) for x in path.read_bytes().splitlines()]
+    for row in rows:
+        row["sig"] = evil.sign(bytes.fromhex(row["hash"])).hex()
+    path.write_bytes(b"".join(canonical_json(r) + b"\n" for r in rows))
+    (path.parent / "ledger.pub").write_bytes(public_pem(evil))
+    assert verify_ledger(path).ok and not verify_ledger(path).pinned  # unpinned: proves nothing
+    check = verify_ledger(path, key=trusted)
+    assert not check.ok and check.pinned and "signature does not verify" in check.reason
+
+
+def test_dropped_tail_or_emptied_file_is_caught_by_the_recorded_head_and_count(tmp_path, key):
+    path = tmp_path / "out" / "ledger.jsonl"
+    ledger = signed(path, key)
+    head, rows = ledger.last_hash, ledger.rows
+    assert verify_ledger(path, expect_head=head, min_rows=rows).ok
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    check = verify_ledger(path, expect_head=head)
+    assert not check.ok and "not in the chain" in check.reason
+    path.write_bytes(b"")
+    check = verify_ledger(path, min_rows=rows)
+    assert not check.ok and "expected at least 4" in check.reason
+    assert main(["verify", str(path), "--min-rows", "4"]) == 1
+
+
+def test_model_history_must_be_one_chain(tmp_path, key):
+    path = tmp_path / "out" / "ledger.jsonl"
+    ledger = signed(path, key, n=2)
+    ledger.append({"kind": "round", "round": 3, "model_hash_before": "m1",
+                   "model_hash_after": "m3"})  # signed, but it skips round 2's model
+    check = verify_ledger(path)
+    assert not check.ok and check.first_bad == 4 and "model_hash_before" in check.reason
+
+
+def test_a_torn_last_line_is_set_aside_and_the_chain_continues(tmp_path, key):
+    path = tmp_path / "out" / "ledger.jsonl"
+    signed(path, key, n=2)
+    with open(path, "ab") as fh:
+        fh.write(b'{"kind":"round","round":3,"model_ha')  # killed mid-write
+    assert not verify_ledger(path).ok
+    ledger = Ledger(path, key=key)
+    assert ledger.rows == 3 and ledger.torn.startswith(b'{"kind":"round"')
+    assert (path.parent / "ledger.jsonl.torn").read_bytes().startswith(b'{"kind":"round"')
+    ledger.append({"kind": "resume", "model_hash": "m2"})
+    assert verify_ledger(path).ok
+
+
+def test_another_key_cannot_append_to_a_signed_ledger(tmp_path, key):
+    from fedshield.server.ledger import load_or_create_key
+
+    path = tmp_path / "out" / "ledger.jsonl"
+    signed(path, key)
+    with pytest.raises(LedgerError, match="another key"):
+        Ledger(path, key=load_or_create_key(tmp_path / "other.pem"))

@@ -74,7 +74,8 @@ def test_ledger_verify(tmp_path, capsys):
     ledger.append({"kind": "start"})
     ledger.append({"kind": "round", "round": 1})
     assert main(["ledger", "verify", str(path)]) == 0
-    assert "ok" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("OK: 2 rows") and f"head {ledger.last_hash}" in out
     path.write_text(path.read_text().replace('"round": 1', '"round": 2').replace(
         '"round":1', '"round":2'))
     assert main(["ledger", "verify", str(path)]) == 1

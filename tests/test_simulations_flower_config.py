@@ -17,6 +17,7 @@ def test_the_repository_app_and_the_engines_app_declare_the_same_config():
     import tomllib
     from pathlib import Path
 
+    from fedshield.server.server_app import SERVER_APP_KEYS
     from fedshield.simulations.engine_flower import app_pyproject
     from fedshield.tasks.config import RunConfig
 
@@ -24,5 +25,5 @@ def test_the_repository_app_and_the_engines_app_declare_the_same_config():
     app = app_pyproject()["tool"]
     assert repo["flwr"]["app"]["components"] == app["flwr"]["app"]["components"]
     declared = repo["flwr"]["app"]["config"]
-    assert set(declared) == set(app["flwr"]["app"]["config"]) == {*RunConfig().to_flower(),
-                                                                  "resume"}
+    assert declared == app["flwr"]["app"]["config"]  # the same keys and the same defaults
+    assert set(declared) == {*RunConfig().to_flower(), *SERVER_APP_KEYS}
