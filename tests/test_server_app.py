@@ -179,3 +179,104 @@ def test_node_identity_checks():
         node_identity(ctx({"partition-id": 4, "num-partitions": 4}, cfg), cfg)
     with pytest.raises(ConfigError, match="node_config needs"):
         node_identity(ctx({}, cfg), cfg)
+
+
+# --- crash consistency ---------------------------------------------------------------------------
+def _round_rows(path):
+    """The ledger's round rows without the chain fields and timings (equal across runs)."""
+    skip = {"seq", "prev_hash", "hash", "sig", "aggregation_seconds"}
+    return [{k: v for k, v in r.items() if k not in skip}
+            for r in rows(path) if r["kind"] == "round"]
+
+
+def _metric_rows(path):
+    skip = {"round_seconds", "aggregation_seconds"}
+    return [{k: v for k, v in r.items() if k not in skip} for r in rows(path)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    cfg = RunConfig(**{**BASE, "rounds": 3}, aggregator="foolsgold", output_dir=str(out))
+    return cfg, serve(cfg), out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["aggregated", "ledger", "metrics", "checkpoint"])
+def test_sigkill_at_any_step_of_a_round_then_resume_equals_the_uninterrupted_run(
+        tmp_path, uninterrupted, step):
+    """The ServerApp process is killed (SIGKILL, no cleanup) after one step of round 2; the
+    resumed run's final model, rounds.jsonl and ledger round rows equal the uninterrupted run's,
+    and its ledger verifies (with one resume row)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    ref_cfg, ref_final, ref_out = uninterrupted
+    cfg = ref_cfg.with_updates(output_dir=str(tmp_path / "run"))
+    helper = Path(__file__).with_name("helpers_crash.py")
+    env = {**os.environ, "PYTHONPATH": str(helper.parent)}
+    done = subprocess.run([sys.executable, str(helper), json.dumps(asdict(cfg)), step, "2"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    final = run_server(InProcessGrid(cfg.to_flower(), cfg.num_clients), cfg, resume=True)
+    torch.testing.assert_close(final, ref_final, atol=0, rtol=0)
+    out = tmp_path / "run"
+    assert _metric_rows(out / "rounds.jsonl") == _metric_rows(ref_out / "rounds.jsonl")
+    assert _round_rows(out / "ledger.jsonl") == _round_rows(ref_out / "ledger.jsonl")
+    kinds = [r["kind"] for r in rows(out / "ledger.jsonl")]
+    assert kinds.count("resume") == 1 and kinds.count("start") == 1
+    assert verify_ledger(out / "ledger.jsonl", min_rows=5).ok
+
+
+def test_resume_without_a_checkpoint_is_refused_and_restart_moves_the_run_aside(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        serve(cfg, crash_in_round=1)  # the run holds a start row and no checkpoint
+    with pytest.raises(ServerAppError, match="no readable checkpoint.*restart=true"):
+        run_server(InProcessGrid(cfg.to_flower(), 4), cfg, resume=True)
+    final = run_server(InProcessGrid(cfg.to_flower(), 4), cfg, restart=True)
+    (aside,) = tmp_path.glob("previous-*")
+    assert (aside / "ledger.jsonl").exists()
+    kinds = [r["kind"] for r in rows(tmp_path / "ledger.jsonl")]
+    assert kinds == ["start", "round", "round"]
+    assert torch.equal(torch.load(tmp_path / "final.pt"), final)
+
+
+def test_a_checkpoint_of_another_rule_is_refused(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
+    serve(cfg)
+    other = cfg.with_updates(aggregator="trimmedmean", aggregator_params={"f": 1}, rounds=3)
+    with pytest.raises(ServerAppError, match="rule='median'"):
+        run_server(InProcessGrid(other.to_flower(), 4), other, resume=True)
+
+
+def test_a_crafted_checkpoint_does_not_run_code_on_resume(tmp_path):
+    """A pickle that would run code when unpickled is refused by weights_only loading."""
+    import pickle
+
+    cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
+    serve(cfg)
+    marker = tmp_path / "owned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (ckpt,) = sorted((tmp_path / "checkpoints").glob("round-*.pt"))[-1:]
+    with open(ckpt, "wb") as fh:
+        pickle.dump({"round": 2, "vector": Exploit()}, fh)
+    for older in sorted((tmp_path / "checkpoints").glob("round-*.pt"))[:-1]:
+        older.unlink()
+    with pytest.raises(ServerAppError, match="no readable checkpoint"):
+        run_server(InProcessGrid(cfg.to_flower(), 4), cfg.with_updates(rounds=3), resume=True)
+    assert not marker.exists()
+
+
+def test_the_ledger_key_must_live_outside_the_output(tmp_path):
+    cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
+    with pytest.raises(ServerAppError, match="outside output_dir"):
+        run_server(InProcessGrid(cfg.to_flower(), 4), cfg, ledger_key=str(tmp_path / "k.pem"))
