@@ -95,6 +95,31 @@ NODE_WAIT_SECONDS = 300.0  # a federation smaller than num-clients fails after t
 SERVER_APP_KEYS: dict[str, bool | str] = {"resume": False, "restart": False, "ledger-key": ""}
 
 
+def app_pyproject() -> dict[str, Any]:
+    """The Flower app of the installed package: its components and every RunConfig key (plus
+    the ServerApp's own keys) with its default, as ``flwr run`` needs them."""
+    return {
+        "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
+        "project": {"name": "fedshield-app", "version": "0.0.0", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "fedshield",
+            "fab-include": ["pyproject.toml"],
+            "components": {"serverapp": "fedshield.server.server_app:app",
+                           "clientapp": "fedshield.clients.client_app:app"},
+            "config": {**RunConfig().to_flower(), **SERVER_APP_KEYS},
+        }}},
+    }
+
+
+def write_app(app_dir: Path) -> Path:
+    """Write :func:`app_pyproject` into ``app_dir`` (created); returns it."""
+    import tomli_w
+
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject()))
+    return app_dir
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)

@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from fedshield.server.server_app import write_app
 from fedshield.simulations.engine_inline import RunResult
 from fedshield.tasks.config import RunConfig
 
@@ -77,33 +78,6 @@ def free_port() -> int:
 def declared_config_keys(app_dir: Path) -> set[str]:
     data = tomllib.loads((app_dir / "pyproject.toml").read_text())
     return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
-
-
-def app_pyproject() -> dict[str, Any]:
-    """The Flower app of the installed package: its components and every RunConfig key (plus
-    the ServerApp's own keys) with its default, as ``flwr run`` needs them."""
-    from fedshield.server.server_app import SERVER_APP_KEYS
-
-    return {
-        "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
-        "project": {"name": "fedshield-app", "version": "0.0.0", "dependencies": []},
-        "tool": {"flwr": {"app": {
-            "publisher": "fedshield",
-            "fab-include": ["pyproject.toml"],
-            "components": {"serverapp": "fedshield.server.server_app:app",
-                           "clientapp": "fedshield.clients.client_app:app"},
-            "config": {**RunConfig().to_flower(), **SERVER_APP_KEYS},
-        }}},
-    }
-
-
-def write_app(app_dir: Path) -> Path:
-    """Write :func:`app_pyproject` into ``app_dir`` (created); returns it."""
-    import tomli_w
-
-    app_dir.mkdir(parents=True, exist_ok=True)
-    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject()))
-    return app_dir
 
 
 def run_config_toml(cfg: RunConfig) -> str:

@@ -236,7 +236,7 @@ def test_resume_without_a_checkpoint_is_refused_and_restart_moves_the_run_aside(
     cfg = RunConfig(**BASE, aggregator="median", output_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="simulated crash"):
         serve(cfg, crash_in_round=1)  # the run holds a start row and no checkpoint
-    with pytest.raises(ServerAppError, match="no readable checkpoint.*restart=true"):
+    with pytest.raises(ServerAppError, match=r"no readable checkpoint.*restart=true"):
         run_server(InProcessGrid(cfg.to_flower(), 4), cfg, resume=True)
     final = run_server(InProcessGrid(cfg.to_flower(), 4), cfg, restart=True)
     (aside,) = tmp_path.glob("previous-*")

@@ -17,8 +17,7 @@ def test_the_repository_app_and_the_engines_app_declare_the_same_config():
     import tomllib
     from pathlib import Path
 
-    from fedshield.server.server_app import SERVER_APP_KEYS
-    from fedshield.simulations.engine_flower import app_pyproject
+    from fedshield.server.server_app import SERVER_APP_KEYS, app_pyproject
     from fedshield.tasks.config import RunConfig
 
     repo = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]

@@ -47,7 +47,7 @@ from pathlib import Path
 from fedshield.server.deploy.credentials import Credentials, generate, supernode_keypair
 
 CONNECTION = "fedshield-tls"
-REPO = Path(__file__).resolve().parent.parent
+
 
 
 class DeploymentError(RuntimeError):
@@ -202,9 +202,14 @@ class LocalFederation:
             code = None
         return code, proc.tail()
 
-    def run(self, app_dir: str | Path = REPO, run_config: str = "", *,
+    def run(self, app_dir: str | Path | None = None, run_config: str = "", *,
             timeout: float = 600.0) -> subprocess.CompletedProcess:
-        """``flwr run <app_dir> fedshield-tls --stream [--run-config ...]`` (blocking)."""
+        """``flwr run <app_dir> fedshield-tls --stream [--run-config ...]`` (blocking). The
+        default app is the installed package's (``server_app.write_app`` in WORKDIR/app)."""
+        if app_dir is None:
+            from fedshield.server.server_app import write_app
+
+            app_dir = write_app(self.workdir / "app")
         argv = ["timeout", "-k", "5", str(int(timeout)), flwr_bin("flwr"), "run",
                 str(app_dir), CONNECTION, "--stream"]
         if run_config:
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--port", type=int, default=0)
     run = sub.add_parser("run")
     run.add_argument("workdir")
-    run.add_argument("app_dir", nargs="?", default=str(REPO))
+    run.add_argument("app_dir", nargs="?", default=None,
+                     help="a Flower app directory (default: the installed fedshield's app)")
     run.add_argument("--run-config", default="")
     stop = sub.add_parser("stop")
     stop.add_argument("workdir")

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m server.deploy.local run "${1:?usage: server/deploy/run.sh WORKDIR [RUN_CONFIG]}" . \
+exec "$PYTHON" -m fedshield.server.deploy.local run "${1:?usage: server/deploy/run.sh WORKDIR [RUN_CONFIG]}" . \
   --run-config "${2:-}"

@@ -12,4 +12,4 @@ shift $(( $# >= 2 ? 2 : 1 ))
 args=()
 for pid in "$@"; do args+=(--malicious "$pid"); done
 PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m server.deploy.local start "$workdir" --supernodes "$n" "${args[@]}"
+exec "$PYTHON" -m fedshield.server.deploy.local start "$workdir" --supernodes "$n" "${args[@]}"

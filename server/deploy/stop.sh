@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m server.deploy.local stop "${1:?usage: server/deploy/stop.sh WORKDIR}"
+exec "$PYTHON" -m fedshield.server.deploy.local stop "${1:?usage: server/deploy/stop.sh WORKDIR}"
