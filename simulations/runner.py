@@ -40,13 +40,30 @@ def limit_threads() -> None:
     torch.set_num_threads(1)
 
 
-def init_worker() -> None:
+def init_worker(parent: int | None = None) -> None:
     """Worker set-up: one thread; Ctrl-C ends the worker at once, without a traceback (the
-    parent reports the interruption; the cell in flight is lost, as documented)."""
+    parent reports the interruption; the cell in flight is lost, as documented); and the worker
+    dies with its parent, even when the parent is killed with SIGKILL (Linux:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; a parent already gone ends the worker at once)."""
     import signal
 
     limit_threads()
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int | None) -> None:
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # the parent died before the prctl
+        os._exit(137)
 
 
 def clean_key(cfg: RunConfig, engine: str) -> str:
@@ -174,8 +191,8 @@ def _run(todo: list[dict[str, Any]], workers: int,
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
         pending: set[Future[dict[str, Any]]] = set()
         queue = list(todo)
         try:

@@ -148,17 +148,51 @@ class ResultsStore:
 
     # --- reading -------------------------------------------------------------------------
     def finished(self) -> set[str]:
-        if not self.cells_dir.is_dir():
-            return set()
-        return {p.stem for p in self.cells_dir.glob("*.json")}
+        return {cell["id"] for cell in self.load_cells()}
 
-    def load_cells(self) -> list[dict[str, Any]]:
-        """Every finished cell, in sweep order (scenario, then position in its sweep)."""
+    def load_cells(self, *, quarantine: bool = True) -> list[dict[str, Any]]:
+        """Every finished cell, in sweep order (scenario, then position in its sweep).
+
+        Each file is parsed on its own: one that is not a cell record (torn, edited, another
+        program's) is named on stderr and, with ``quarantine``, moved to ``DIR/corrupt/`` — so
+        the sweep runs that cell again and nothing else is lost."""
         if not self.cells_dir.is_dir():
             return []
-        cells = [json.loads(p.read_text()) for p in self.cells_dir.glob("*.json")]
+        cells = []
+        for path in sorted(self.cells_dir.glob("*.json")):
+            problem, cell = read_cell(path)
+            if cell is not None:
+                cells.append(cell)
+                continue
+            moved = ""
+            if quarantine:
+                target = self.root / "corrupt" / path.name
+                target.parent.mkdir(exist_ok=True)
+                os.replace(path, target)
+                moved = f"; moved to {target}, the cell will run again"
+            print(f"warning: results store: {path}: {problem}{moved}", file=sys.stderr)
         cells.sort(key=lambda c: (c.get("scenario", ""), c.get("order", 0), c["id"]))
         return cells
+
+
+CELL_KEYS = {"id": str, "rule": str, "attack": str, "config": dict, "summary": dict,
+             "rounds": list}
+
+
+def read_cell(path: Path) -> tuple[str, dict[str, Any] | None]:
+    """("", record) for a valid finished-cell file, else (what is wrong with it, None)."""
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})", None
+    if not isinstance(record, dict):
+        return "not a JSON object", None
+    for key, kind in CELL_KEYS.items():
+        if not isinstance(record.get(key), kind):
+            return f"no {kind.__name__} {key!r}", None
+    if record["id"] != path.stem:
+        return f"holds cell {record['id']!r}, not {path.stem!r}", None
+    return "", record
 
 
 def _append(path: Path, text: str) -> None:

@@ -110,3 +110,60 @@ def test_appended_index_rows_get_the_drop_when_the_twin_is_done(tmp_path):
     store.rebuild_indexes()
     rows = [json.loads(x) for x in (tmp_path / "cells.jsonl").read_text().splitlines()]
     assert [r["accuracy_drop"] for r in rows] == [pytest.approx(0.6), 0.0, pytest.approx(0.05)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigkill_of_the_sweep_alone_takes_its_workers_with_it(tmp_path):
+    """Only the parent is killed (not its process group): its spawned workers must not live on."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "orphans"\nworkers = 2\ndataset = "digits"\nmodel = "mlp"\nnum_clients = 6\n'
+        'rounds = 40\naggregator = ["fedavg", "median"]\nattack = ["none", "signflip"]\n'
+        'malicious_fraction = 0.34\n')
+    cmd = [sys.executable, "-m", "fedshield.simulations.cli", "run", str(scenario),
+           "--out", str(tmp_path / "res"), "--no-report", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+    assert len(workers) >= 1, "the sweep started no worker"
+    time.sleep(1.0)  # the workers are past their initializer
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.2)
+    alive = [p for p in workers if _running(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the killed sweep"

@@ -3,7 +3,6 @@ and the finding record every paper module returns."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,15 +72,11 @@ def load_cells(directory: str | Path, *, scenario: str | None = None) -> list[Ce
     cells_dir = root / "cells"
     if not cells_dir.is_dir():
         raise FindingsError(f"no results store at {str(root)!r}: expected a directory {cells_dir}")
-    cells = []
-    for file in sorted(cells_dir.glob("*.json")):
-        try:
-            record = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise FindingsError(f"{file}: not JSON: {exc}") from None
-        if scenario is not None and record.get("scenario") != scenario:
-            continue
-        cells.append(cell_from_record(record))
+    from fedshield.simulations.store import ResultsStore
+
+    cells = [cell_from_record(record)
+             for record in ResultsStore(root).load_cells(quarantine=False)
+             if scenario is None or record.get("scenario") == scenario]
     if not cells:
         which = "" if scenario is None else f" of scenario {scenario!r}"
         raise FindingsError(f"{cells_dir} holds no finished cell{which}")
