@@ -66,6 +66,10 @@ def atomic_write(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+class StoreError(ValueError):
+    """The results directory cannot be written; the message names it and why."""
+
+
 class ResultsStore:
     """Read and write a results directory (see the module docstring for the layout)."""
 
@@ -77,11 +81,15 @@ class ResultsStore:
     def prepare(self, scenario_toml: str | None = None) -> None:
         """Create the directory, record the environment (and scenario), and rebuild the
         indexes from ``cells/`` (which also repairs a torn last line left by a kill)."""
-        self.cells_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.root / "environment.json", json.dumps(environment(), indent=2))
-        if scenario_toml is not None:
-            atomic_write(self.root / "scenario.toml", scenario_toml)
-        self.rebuild_indexes()
+        try:
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.root / "environment.json", json.dumps(environment(), indent=2))
+            if scenario_toml is not None:
+                atomic_write(self.root / "scenario.toml", scenario_toml)
+            self.rebuild_indexes()
+        except OSError as exc:
+            raise StoreError(f"cannot write the results store at {str(self.root)!r}: "
+                             f"{exc.strerror or exc}") from None
 
     def save_cell(self, record: dict[str, Any]) -> None:
         """Persist one finished cell atomically, then append it to the indexes (fsync'd).

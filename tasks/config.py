@@ -86,6 +86,19 @@ class RunConfig:
                 raise ConfigError(f"{key} must be a finite number > 0, got {getattr(self, key)!r}")
         if self.root_bias_class >= 0 and not 0.0 < self.root_p <= 1.0:
             raise ConfigError(f"root_p must be in (0, 1] with root_bias_class, got {self.root_p}")
+        # checked here, when a scenario is loaded, not when each cell runs
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got "
+                              f"{self.weight_decay!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        if not 0.0 <= self.q <= 1.0:
+            raise ConfigError(f"q must be in [0, 1], got {self.q!r}")
+        for key in ("shards_per_client", "min_partition_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
 
     # --- derived: the adversary's size (the one definition) ------------------------------------
     @property
@@ -174,7 +187,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key} must be a boolean, got {value!r}")
+    if isinstance(value, bool):  # `rounds = true` is not 1
+        raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r}")
     try:
+        if kind in (int, float) and isinstance(value, str):
+            raise ValueError("a string")
         if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError("not an integer")

@@ -193,8 +193,11 @@ def write_store(tmp_path, cells: list[Cell], scenario: str = "fltrust-mnist") ->
         record = {
             "id": f"c{number:04d}",
             "scenario": scenario,
+            "rule": c.aggregator,
+            "attack": c.attack,
             "config": config,
             "summary": summary,
+            "rounds": [],
             "seconds": c.seconds,
         }
         (tmp_path / "cells" / f"c{number:04d}.json").write_text(json.dumps(record))
@@ -233,18 +236,23 @@ def test_bad_results_directories_give_clear_errors(tmp_path, capsys):
     assert "no results store" in capsys.readouterr().err
     (tmp_path / "cells").mkdir()
     record = {
-        "id": "x",
+        "id": "x", "rule": "krum", "attack": "none", "rounds": [],
         "config": {"aggregator": "krum", "attack": "none", "seed": 0},
         "summary": {"final_accuracy": None},
     }
     (tmp_path / "cells" / "x.json").write_text(json.dumps(record))
     with pytest.raises(fd.FindingsError, match="no final accuracy"):
         fd.load_cells(tmp_path)
-    (tmp_path / "cells" / "x.json").write_text(json.dumps({"id": "x", "config": {}}))
-    with pytest.raises(fd.FindingsError, match="needs 'config' and 'summary'"):
-        fd.load_cells(tmp_path)
-    (tmp_path / "cells" / "x.json").write_text("not json")
-    with pytest.raises(fd.FindingsError, match=r"x.json: not JSON"):
-        fd.load_cells(tmp_path)
+    # a file that is not a cell record is named and skipped (never a traceback)
+    for bad, why in ((json.dumps({"id": "x", "config": {}}), "no str 'rule'"),
+                     ("not json", "unreadable (JSONDecodeError"),
+                     (b"\xff\xfe", "unreadable (UnicodeDecodeError")):
+        target = tmp_path / "cells" / "x.json"
+        target.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+        with pytest.raises(fd.FindingsError, match="holds no finished cell"):
+            fd.load_cells(tmp_path)
+        err = capsys.readouterr().err
+        assert str(target) in err and why in err
+        assert target.exists()  # the findings only read: the sweep moves bad files aside
     with pytest.raises(SystemExit):
         fd.main(["nonsense", str(tmp_path)])

@@ -1,5 +1,7 @@
 """Scenario parsing, validation and sweep expansion."""
 
+import re
+
 import pytest
 
 from fedshield.simulations import scenario as sc
@@ -106,3 +108,28 @@ def test_presets_load_and_expand(tmp_path):
     path.write_text("rounds = [\n")
     with pytest.raises(ScenarioError, match="invalid TOML"):
         sc.load(path)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("momentum=1.5", "momentum must be in [0, 1)"),
+    ("weight_decay=-1.0", "weight_decay must be a finite number >= 0"),
+    ("alpha=0.0", "alpha must be a finite number > 0"),
+    ("rounds=true", "rounds must be of type int, got True"),
+    ("lr='0.1'", "lr must be of type float"),
+    ("q=2.0", "q must be in [0, 1]"),
+])
+def test_the_whole_scenario_is_validated_when_it_is_loaded(override, message):
+    """A bad value fails in a second, naming the key, before any cell runs."""
+    scen = sc.load("smoke", [override])
+    with pytest.raises(sc.ScenarioError, match=re.escape(message)):
+        sc.expand(scen)
+
+
+def test_an_unwritable_output_directory_is_a_clear_error(tmp_path, capsys):
+    from fedshield.simulations.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # unwritable as a directory, even for root
+    code = main(["run", "smoke", "--out", str(blocker / "out"), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write the results store" in err and str(blocker) in err

@@ -167,3 +167,21 @@ def test_sigkill_of_the_sweep_alone_takes_its_workers_with_it(tmp_path):
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the killed sweep"
+
+
+def test_a_corrupt_cell_file_is_named_moved_aside_and_its_cell_runs_again(tmp_path, capsys):
+    scen = sc.load("smoke", ["rounds=1", "num_clients=6", "aggregator=['fedavg', 'median']",
+                             "attack=none"])
+    cells = sc.expand(scen)
+    store = ResultsStore(tmp_path)
+    store.prepare()
+    run_sweep(scen, cells, store, workers=1)
+    victim = tmp_path / "cells" / f"{cells[1].id}.json"
+    victim.write_bytes(victim.read_bytes()[:40])  # torn by a crash of another program
+    assert store.finished() == {cells[0].id}  # the other cell is still there, usable
+    err = capsys.readouterr().err
+    assert str(victim) in err and "unreadable" in err
+    assert (tmp_path / "corrupt" / victim.name).exists()
+    records = run_sweep(scen, cells, store, workers=1)
+    assert [r["id"] for r in records] == [cells[1].id]  # only the lost cell runs again
+    assert store.finished() == {c.id for c in cells}
