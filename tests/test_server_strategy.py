@@ -358,3 +358,24 @@ def test_per_client_state_is_keyed_by_node_id_never_by_the_claimed_partition_id(
         strategy.aggregate_train(rnd, [reply(11, 1.0, pid=claimed[0]),
                                        reply(12, 1.0, pid=claimed[1])])
     assert [list(c["client_ids"]) for c in rule.calls] == [[11, 12], [11, 12], [12, 11]]
+
+
+def test_foolsgold_sybils_rotating_their_claimed_partition_ids_still_get_no_weight():
+    """Three sybils push one direction every round (with noise) and claim a fresh partition id
+    each time; keyed by the authenticated node id their histories accumulate, the noise averages
+    out and FoolsGold gives them no weight (keyed by the claimed id they would look new, with
+    one noisy update each, every round)."""
+    from fedshield.aggregators import create
+
+    gen = np.random.default_rng(0)
+    sybil = 3 * gen.normal(size=9)
+    strategy = RobustStrategy(create("foolsgold"))
+    for rnd in range(1, 6):
+        honest = [reply(n, gen.normal(size=9).astype(np.float32), pid=n) for n in (1, 2, 3, 4)]
+        sybils = [reply(n, (sybil + gen.normal(size=9)).astype(np.float32), pid=100 * rnd + n)
+                  for n in (7, 8, 9)]
+        strategy.begin_round(global_record())
+        strategy.aggregate_train(rnd, honest + sybils)
+    weights = {c["node_id"]: c["weight"] for c in strategy.reports[5]["clients"]}
+    assert [weights[n] for n in (7, 8, 9)] == [0.0, 0.0, 0.0]
+    assert all(weights[n] > 0 for n in (1, 2, 3, 4))
