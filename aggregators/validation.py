@@ -29,18 +29,20 @@ def _is_number(value: Any) -> bool:
 
 def non_negative_int(rule: str, name: str, value: Any) -> int:
     """An int >= 0 (bool refused): ``f``, the number of Byzantine clients, seeds."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AggregatorError(f"{rule}: {name} must be a non-negative int, got {value!r}")
-    if value < 0:
-        raise AggregatorError(f"{rule}: {name} must be >= 0, got {value}")
-    return value
+    return _int(rule, name, value, 0)
 
 
 def positive_int(rule: str, name: str, value: Any) -> int:
+    return _int(rule, name, value, 1)
+
+
+def _int(rule: str, name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise AggregatorError(f"{rule}: {name} must be an int, got {value!r}")
-    if value < 1:
-        raise AggregatorError(f"{rule}: {name} must be > 0, got {value!r}")
+        kind = "a non-negative int" if minimum == 0 else "an int"
+        raise AggregatorError(f"{rule}: {name} must be {kind}, got {value!r}")
+    if value < minimum:
+        raise AggregatorError(f"{rule}: {name} must be {'>= 0' if minimum == 0 else '> 0'}, "
+                              f"got {value!r}")
     return value
 
 
