@@ -134,6 +134,12 @@ class Rule:
     def min_clients(self) -> int:
         return 1
 
+    def uses_weights(self) -> bool:
+        """Whether the result depends on the client-reported sample counts (``weights``)."""
+        inner = getattr(self, "_inner", None)
+        return bool(getattr(self, "weighted", False)) or (
+            inner is not None and inner.uses_weights())
+
     def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         """Aggregate validated updates ``x`` (n, d), contiguous, finite, on CPU."""
         raise NotImplementedError

@@ -9,9 +9,9 @@
   (``clients.client.client_update`` with the attack); with a *model* attack it trains honestly and
   the ServerApp's simulation adversary stage rewrites its update.
 - Reply: ``arrays`` (ArrayRecord, the local model θ_t + Δ, same keys/shapes/dtypes as received),
-  ``metrics`` (MetricRecord ``train-loss``, ``num-examples``), and ``meta`` (ConfigRecord
-  ``partition-id``, ``malicious``: ground truth for detection metrics; never in the MetricRecord,
-  which Flower averages).
+  ``metrics`` (MetricRecord ``train_loss``, ``num-examples``: Flower's conventions), and
+  ``meta`` (ConfigRecord ``partition-id``, ``malicious``: ground truth for detection metrics;
+  never in the MetricRecord, which Flower averages).
 - ``evaluate``: loss/accuracy of the received model on this node's own partition (federated
   evaluation; fedshield's ServerApp evaluates centrally and does not send evaluate messages).
 """
@@ -79,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
     result = client_update(task, pid, global_vec, server_round, attack=attack, cfg=cfg)
     content = RecordDict({
         "arrays": to_arrayrecord(global_vec + result.delta, task.layout),
-        "metrics": MetricRecord({"train-loss": float(result.loss),
+        "metrics": MetricRecord({"train_loss": float(result.loss),
                                  "num-examples": int(result.num_examples)}),
         "meta": ConfigRecord({"partition-id": pid, "malicious": bool(malicious)}),
     })

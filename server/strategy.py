@@ -138,8 +138,20 @@ class RobustStrategy(FedAvg):
         self.latest_vec: torch.Tensor | None = None  # global model after the last round
 
     def summary(self) -> None:
-        super().summary()
-        log(INFO, "\t└──> Robust aggregation: %r, server_lr=%s", self.rule, self.server_lr)
+        """What this strategy does, truthfully (FedAvg's summary would claim a weighted mean)."""
+        log(INFO, "\t├──> Sampling: fraction train %.2f (at least %d nodes) | evaluate %.2f "
+            "(at least %d) | available nodes at least %d", self.fraction_train,
+            self.min_train_nodes, self.fraction_evaluate, self.min_evaluate_nodes,
+            self.min_available_nodes)
+        log(INFO, "\t├──> Robust aggregation: %r of the deltas, server_lr=%s; needs at least "
+            "%d valid replies per round", self.rule, self.server_lr, self.rule.min_clients())
+        weights = (f"client-reported '{self.weighted_by_key}', capped at "
+                   f"{self.core.num_examples_cap_factor} x the round median"
+                   if self.rule.uses_weights() else
+                   f"not weighted ('{self.weighted_by_key}' is checked, the rule ignores it)")
+        log(INFO, "\t├──> Weights: %s", weights)
+        log(INFO, "\t└──> Keys in records: arrays '%s', config '%s', meta '%s'",
+            self.arrayrecord_key, self.configrecord_key, self.keys.meta)
 
     # --- round setup ---------------------------------------------------------------------------
     def begin_round(self, arrays: ArrayRecord, sent_nodes: Iterable[int] | None = None) -> None:
@@ -160,6 +172,13 @@ class RobustStrategy(FedAvg):
         rnd = server_round + self.round_offset
         nodes = sorted(self._wait_for_nodes(grid))
         size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
+        if size < self.rule.min_clients():
+            raise StrategyError(
+                f"round {rnd} samples {size} of {len(nodes)} nodes (fraction_train="
+                f"{self.fraction_train}, min_train_nodes={self.min_train_nodes}), but "
+                f"{self.rule!r} needs at least {self.rule.min_clients()} "
+                f"({self.rule.requirement or 'its minimum'}): no round could ever aggregate; "
+                "raise fraction_train / min_train_nodes or lower the rule's f")
         seed_parts = () if self.sample_seed is None else (self.sample_seed, "sample", rnd)
         sampled = seeded_sample(nodes, size, *seed_parts)
         log(INFO, "configure_train: sampled %s nodes (out of %s)", len(sampled), len(nodes))
@@ -198,13 +217,31 @@ class RobustStrategy(FedAvg):
                                                     self._layout, self.arrayrecord_key)
         record = self.core.run(rnd, self._global_vec, updates, [i.row() for i in kept],
                                replies=len(replies), rejected=rejected + undecodable)
+        self._log_round(rnd, replies, record)
+        self._record(record)
+        used = {d.node_id for d in record.valid}
+        contents = [replies[i.index].content for i in kept if i.node_id in used]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
+        robust = {f"robust-{key}": value for key, value in record.counts().items()}
+        return (to_arrayrecord(record.new_vec, self._layout),
+                MetricRecord({**(dict(metrics) if metrics else {}), **robust}))
+
+    @staticmethod
+    def _log_round(rnd: int, replies: list[Message], record: RoundRecord) -> None:
+        failures = sum(1 for msg in replies if msg.has_error())
+        log(INFO, "aggregate_train: Received %s results and %s failures",
+            len(replies) - failures, failures)
+        status = {s: [d.node_id for d in record.valid if d.status == s]
+                  for s in ("accepted", "excluded")}
+        rejected = [f"{d.node_id} ({d.reason})" for d in record.rejected]
+        log(INFO, "round %s, %s: kept %s, excluded by the rule %s, rejected %s%s", rnd,
+            record.rule, status["accepted"], status["excluded"], rejected or "none",
+            f"; SKIPPED: {record.skip_reason}" if record.skipped else "")
         for d in record.rejected:
             log(WARNING, "round %s: dropped reply of node %s (partition %s): %s: %s",
                 rnd, d.node_id, d.partition_id, d.reason, d.detail)
         if record.skipped:
             log(WARNING, "round %s: %s", rnd, record.skip_reason)
-        self._record(record)
-        return to_arrayrecord(record.new_vec, self._layout), MetricRecord(record.counts())
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def _record(self, record: RoundRecord) -> None:

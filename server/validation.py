@@ -87,7 +87,7 @@ class ReplyKeys:
     metrics: str = "metrics"
     meta: str = "meta"
     weight: str = "num-examples"
-    loss: str = "train-loss"
+    loss: str = "train_loss"  # Flower's convention
 
 
 def validate_replies(

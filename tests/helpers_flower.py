@@ -48,7 +48,7 @@ def reply(node_id: int, delta: Any, *, pid: int | None = None, malicious: bool =
         vec = flat(base) + np.asarray(delta, dtype=np.float32)
         arrays = ArrayRecord({"w": Array(vec[:6].reshape(2, 3).copy()),
                               "b": Array(vec[6:].copy())})
-    metrics: dict[str, Any] = {"train-loss": loss}
+    metrics: dict[str, Any] = {"train_loss": loss}
     if num_examples is not None:
         metrics["num-examples"] = num_examples
     content: dict[str, Any] = {

@@ -22,7 +22,7 @@ def test_non_finite_new_global_is_kept_out_and_marked_diverged():
     strategy = RobustStrategy(create("fedavg"), server_lr=1e39)
     new, metrics = _round(strategy, [reply(1, 1.0), reply(2, 2.0)])
     report = strategy.reports[1]
-    assert metrics["skipped"] == 1
+    assert metrics["robust-skipped"] == 1
     np.testing.assert_array_equal(flat(new), flat(global_record()))  # θ_t, returned
     assert report["diverged"] is True and "not finite" in report["skip_reason"]
     assert report["model_hash_before"] == report["model_hash_after"]
@@ -37,7 +37,7 @@ def test_every_reply_non_finite_is_divergence_some_is_not():
     new, metrics = _round(strategy, [reply(1, nan), reply(2, np.full(9, np.inf))])
     assert strategy.reports[1]["diverged"] is True
     np.testing.assert_array_equal(flat(new), flat(global_record()))
-    assert metrics["rejected-non-finite"] == 2
+    assert metrics["robust-rejected-non-finite"] == 2
     new, metrics = _round(strategy, [reply(1, nan), reply(2, 1.0)])
     report = strategy.reports[1]
     assert new is not None and report["diverged"] is False and not report["skipped"]

@@ -72,8 +72,10 @@ def test_mean_of_deltas_with_server_lr_hand_computed():
     new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 2.0), reply(3, 6.0)])
     # mean delta = 3, server_lr 0.5 -> +1.5 on every coordinate
     np.testing.assert_allclose(flat(new), flat(global_record()) + 1.5)
-    assert metrics["accepted"] == 3 and metrics["rejected"] == 0 and metrics["skipped"] == 0
-    assert metrics["train-loss"] == pytest.approx(0.5)
+    assert metrics["robust-accepted"] == 3 and metrics["robust-rejected"] == 0
+    assert metrics["robust-skipped"] == 0
+    assert metrics["train_loss"] == pytest.approx(0.5)  # the clients' own metric, as FedAvg
+    assert metrics["robust-train-loss"] == pytest.approx(0.5)
     assert new["w"].shape == (2, 3) and new["w"].dtype == "float32"
 
 
@@ -113,8 +115,8 @@ def test_malformed_reply_dropped_with_reason_round_goes_on(reason):
     good = [reply(1, 1.0), reply(2, 3.0)]
     new, metrics = run_round(strategy, [*good, BAD_REPLIES[reason]()])
     np.testing.assert_allclose(flat(new), flat(global_record()) + 2.0)
-    assert metrics["rejected"] == 1 and metrics[f"rejected-{reason}"] == 1
-    assert metrics["accepted"] == 2
+    assert metrics["robust-rejected"] == 1 and metrics[f"robust-rejected-{reason}"] == 1
+    assert metrics["robust-accepted"] == 2
     report = strategy.reports[1]
     bad = [c for c in report["clients"] if c["status"] == "rejected"]
     assert [c["reason"] for c in bad] == [reason] and bad[0]["node_id"] == 9
@@ -142,7 +144,7 @@ def test_payload_must_be_what_the_declared_dtype_and_shape_serialise_to(data, de
     strategy = RobustStrategy(Mean())
     _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0),
                                       reply(9, 0.0, arrays=_declared_float32(data))])
-    assert metrics["rejected-undecodable"] == 1 and metrics["accepted"] == 2
+    assert metrics["robust-rejected-undecodable"] == 1 and metrics["robust-accepted"] == 2
     (bad,) = [c for c in strategy.reports[1]["clients"] if c["status"] == "rejected"]
     assert detail in bad["detail"]
     assert max(decoded) < 1000  # nothing of the oversized payload was deserialised
@@ -164,7 +166,7 @@ def test_integer_buffers_saturate_instead_of_wrapping_under_a_server_step():
 def test_bad_num_examples_values(value):
     strategy = RobustStrategy(Mean())
     _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0, num_examples=value)])
-    assert metrics["rejected-bad-num-examples"] == 1
+    assert metrics["robust-rejected-bad-num-examples"] == 1
 
 
 def test_infinite_parameter_and_key_order_rejected():
@@ -173,20 +175,21 @@ def test_infinite_parameter_and_key_order_rejected():
     swapped = reply(4, 0.0, arrays=ArrayRecord({"b": Array(np.zeros(3, np.float32)),
                                                "w": Array(np.zeros((2, 3), np.float32))}))
     _, metrics = run_round(strategy, [reply(1, 1.0), inf, swapped])
-    assert metrics["rejected-non-finite"] == 1 and metrics["rejected-keys-mismatch"] == 1
+    assert metrics["robust-rejected-non-finite"] == 1
+    assert metrics["robust-rejected-keys-mismatch"] == 1
 
 
 def test_node_answering_twice_loses_both_replies():
     strategy = RobustStrategy(Mean())
     new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 100.0), reply(2, 100.0)])
-    assert metrics["rejected-duplicate-node"] == 2
+    assert metrics["robust-rejected-duplicate-node"] == 2
     np.testing.assert_allclose(flat(new), flat(global_record()) + 1.0)
 
 
 def test_reply_from_node_not_sampled_is_rejected():
     strategy = RobustStrategy(Mean())
     _, metrics = run_round(strategy, [reply(1, 1.0), reply(7, 5.0)], nodes=[1, 2])
-    assert metrics["rejected-unexpected-node"] == 1 and metrics["accepted"] == 1
+    assert metrics["robust-rejected-unexpected-node"] == 1 and metrics["robust-accepted"] == 1
 
 
 def test_num_examples_capped_at_factor_times_median():
@@ -197,7 +200,7 @@ def test_num_examples_capped_at_factor_times_median():
     _, metrics = run_round(strategy, replies)
     torch.testing.assert_close(rule.calls[0]["weights"],
                                torch.tensor([20.0, 30.0, 300.0], dtype=torch.float64))
-    assert metrics["capped"] == 1 and metrics["rejected"] == 0
+    assert metrics["robust-capped"] == 1 and metrics["robust-rejected"] == 0
 
 
 def test_absolute_cap_on_num_examples():
@@ -212,7 +215,7 @@ def test_too_few_valid_replies_keeps_the_model_and_says_so():
     strategy = RobustStrategy(Mean(min_n=3))
     new, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0), error_reply(3)])
     np.testing.assert_array_equal(flat(new), flat(global_record()))  # the model is kept
-    assert metrics["skipped"] == 1
+    assert metrics["robust-skipped"] == 1
     assert "needs 3" in strategy.reports[1]["skip_reason"]
     assert strategy.reports[1]["model_hash_before"] == strategy.reports[1]["model_hash_after"]
 
@@ -379,3 +382,52 @@ def test_foolsgold_sybils_rotating_their_claimed_partition_ids_still_get_no_weig
     weights = {c["node_id"]: c["weight"] for c in strategy.reports[5]["clients"]}
     assert [weights[n] for n in (7, 8, 9)] == [0.0, 0.0, 0.0]
     assert all(weights[n] > 0 for n in (1, 2, 3, 4))
+
+
+def test_the_users_metrics_are_aggregated_as_fedavg_does_with_the_robust_counts_beside():
+    calls = []
+
+    def aggr(contents, weighted_by_key):
+        calls.append((len(contents), weighted_by_key))
+        return MetricRecord({"accuracy": 0.75})
+
+    strategy = RobustStrategy(Mean(), train_metrics_aggr_fn=aggr)
+    _, metrics = run_round(strategy, [reply(1, 1.0), reply(2, 1.0), error_reply(3)])
+    assert calls == [(2, "num-examples")]  # the valid replies only
+    assert metrics["accuracy"] == 0.75 and metrics["robust-accepted"] == 2
+    assert metrics["robust-rejected-error-reply"] == 1
+
+
+def test_every_reply_rejected_still_returns_the_model():
+    strategy = RobustStrategy(Mean())
+    new, metrics = run_round(strategy, [error_reply(1), reply(2, 0.0, num_examples=0)])
+    np.testing.assert_array_equal(flat(new), flat(global_record()))
+    assert metrics["robust-skipped"] == 1 and metrics["robust-rejected"] == 2
+
+
+def test_a_sampling_that_can_never_satisfy_the_rule_is_refused_with_the_numbers():
+    from fedshield.aggregators import create
+
+    class Grid:
+        def get_node_ids(self):
+            return list(range(1, 11))
+
+    strategy = RobustStrategy(create("krum", f=3), fraction_train=0.5)
+    with pytest.raises(StrategyError, match=r"samples 5 of 10 nodes .* needs at least 9"):
+        list(strategy.configure_train(1, global_record(), ConfigRecord(), Grid()))
+
+
+def test_one_info_line_per_round_names_kept_excluded_and_rejected_nodes(caplog):
+    import logging
+
+    from flwr.common.logger import FLOWER_LOGGER
+
+    FLOWER_LOGGER.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=FLOWER_LOGGER.name):
+            run_round(RobustStrategy(PickFirst()), [reply(1, 1.0), reply(2, 2.0), error_reply(3)])
+    finally:
+        FLOWER_LOGGER.removeHandler(caplog.handler)
+    text = caplog.text
+    assert "Received 2 results and 1 failures" in text
+    assert "kept [1], excluded by the rule [2], rejected ['3 (error-reply)']" in text
