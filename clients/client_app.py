@@ -30,6 +30,13 @@ from fedshield.tasks.task import get_task
 app = ClientApp()
 
 
+def run_config(context: Context) -> RunConfig:
+    """The run's RunConfig; ``num-clients = 0`` follows the federation (``num-partitions``)."""
+    parts = context.node_config.get("num-partitions")
+    return RunConfig.from_flower(context.run_config,
+                                 federation_size=parts if isinstance(parts, int) else None)
+
+
 def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
     """(partition id, malicious?) of this node; raises ConfigError on a bad node_config."""
     nc = context.node_config
@@ -69,7 +76,7 @@ def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
 def train(msg: Message, context: Context) -> Message:
     from fedshield.clients.client import client_update
 
-    cfg = RunConfig.from_flower(context.run_config)
+    cfg = run_config(context)
     pid, malicious = node_identity(context, cfg)
     task = get_task(cfg)
     received: ArrayRecord = msg.content["arrays"]
@@ -90,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from fedshield.tasks.training import evaluate as evaluate_model
 
-    cfg = RunConfig.from_flower(context.run_config)
+    cfg = run_config(context)
     pid, _ = node_identity(context, cfg)
     task = get_task(cfg)
     model = task.new_model()

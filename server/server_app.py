@@ -78,7 +78,7 @@ from fedshield.server.ledger import Ledger, LedgerError, key_path, load_or_creat
 from fedshield.server.reference import reference_update
 from fedshield.server.round import require_round_size
 from fedshield.server.strategy import RobustStrategy
-from fedshield.tasks.config import ConfigError, RunConfig
+from fedshield.tasks.config import FOLLOW_FEDERATION, ConfigError, RunConfig
 from fedshield.tasks.params import arrayrecord_to_vector, to_arrayrecord
 from fedshield.tasks.task import get_task
 
@@ -106,7 +106,8 @@ def app_pyproject() -> dict[str, Any]:
             "fab-include": ["pyproject.toml"],
             "components": {"serverapp": "fedshield.server.server_app:app",
                            "clientapp": "fedshield.clients.client_app:app"},
-            "config": {**RunConfig().to_flower(), **SERVER_APP_KEYS},
+            "config": {**RunConfig().to_flower(), "num-clients": FOLLOW_FEDERATION,
+                       **SERVER_APP_KEYS},
         }}},
     }
 
@@ -122,7 +123,9 @@ def write_app(app_dir: Path) -> Path:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flower(context.run_config)
+    follow = context.run_config.get("num-clients") == FOLLOW_FEDERATION
+    cfg = RunConfig.from_flower(context.run_config,
+                                federation_size=federation_size(grid) if follow else None)
     extra = {key: context.run_config.get(key, default)
              for key, default in SERVER_APP_KEYS.items()}
     for key, default in SERVER_APP_KEYS.items():
@@ -148,6 +151,25 @@ def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
     from fedshield.clients.attacks.adversary import adversary_stage
 
     return adversary_stage(attack, rule, cfg.seed)
+
+
+def federation_size(grid: Grid, *, settle: float = 3.0,
+                    timeout: float = NODE_WAIT_SECONDS) -> int:
+    """The number of connected nodes once it has not changed for ``settle`` seconds (a simulated
+    federation registers all its SuperNodes at once; in a deployment set ``num-clients``)."""
+    start = time.monotonic()
+    last, since = -1, start
+    while True:
+        count, now = len(list(grid.get_node_ids())), time.monotonic()
+        if count != last:
+            last, since = count, now
+        if count >= 1 and now - since >= settle:
+            log(INFO, "num-clients follows the federation: %d nodes", count)
+            return count
+        if now - start > timeout:
+            raise ServerAppError(f"no node connected within {timeout:.0f} s (num-clients = 0 "
+                                 "follows the federation)")
+        time.sleep(0.5)
 
 
 def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: bool = False,

@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 
+#: ``num-clients`` of a Flower app that follows the federation (as many clients as SuperNodes)
+FOLLOW_FEDERATION = 0
+
+
 class ConfigError(ValueError):
     """A run configuration key or value is invalid; the message names the key."""
 
@@ -148,9 +152,20 @@ class RunConfig:
         return out
 
     @classmethod
-    def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:
+    def from_flower(cls, run_config: dict[str, Any], *,
+                    federation_size: int | None = None) -> RunConfig:
         """Parse a Flower ``run_config``; keys that are not fields are ignored (an app may add its
-        own), bad values raise :class:`ConfigError` naming the key."""
+        own), bad values raise :class:`ConfigError` naming the key.
+
+        ``num-clients = 0`` (the Flower app's default) follows the federation: the number of
+        clients is then ``federation_size`` (the ServerApp's connected nodes, a ClientApp's
+        ``num-partitions``)."""
+        if run_config.get("num-clients", run_config.get("num_clients")) == FOLLOW_FEDERATION:
+            if not federation_size:
+                raise ConfigError("num-clients = 0 follows the federation, whose size is unknown "
+                                  "here; set num-clients")
+            run_config = {**run_config, "num-clients": federation_size}
+            run_config.pop("num_clients", None)
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for raw_key, value in run_config.items():

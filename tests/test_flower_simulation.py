@@ -78,3 +78,42 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
     from fedshield.simulations.engine_flower import processes_of
 
     assert not processes_of(home)
+
+
+def _private_flower_env(home: Path) -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+
+
+@pytest.mark.flower
+def test_bare_flwr_run_finishes_every_round_on_flowers_default_federation(tmp_path):
+    """``flwr run .`` with no flag: num-clients follows the default federation's SuperNodes."""
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    bindir = str(Path(sys.executable).parent)
+    argv = ["timeout", "-k", "5", "300", f"{bindir}/flwr", "run", ".", "--stream"]
+    try:
+        result = subprocess.run(argv, cwd=REPO, env=_private_flower_env(home),
+                                capture_output=True, text=True, check=False)
+    finally:
+        from fedshield.simulations.engine_flower import stop_processes
+
+        stop_processes(home)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "num-clients follows the federation: 2 nodes" in log, log[-3000:]
+    assert "round 5, fedavg: kept [" in log and "Waiting for nodes" not in log, log[-3000:]
+
+
+def test_num_clients_zero_follows_the_federation():
+    from fedshield.tasks.config import ConfigError, RunConfig
+
+    assert RunConfig.from_flower({"num-clients": 0}, federation_size=3).num_clients == 3
+    assert RunConfig.from_flower({"num-clients": 7}, federation_size=3).num_clients == 7
+    with pytest.raises(ConfigError, match="follows the federation"):
+        RunConfig.from_flower({"num-clients": 0})
