@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: ``num-clients`` of a Flower app that follows the federation (as many clients as SuperNodes)
 FOLLOW_FEDERATION = 0
 
