@@ -10,8 +10,17 @@ import numpy as np
 import torch
 
 from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
-from fedshield.aggregators.kernels import coordinatewise
-from fedshield.aggregators.validation import interval, non_negative_int
+from fedshield.aggregators.kernels import coordinatewise, weighted_coordinatewise
+from fedshield.aggregators.validation import (
+    boolean,
+    client_shares,
+    interval,
+    non_negative_int,
+    ratio,
+)
+
+WEIGHTS = {"weighted": Param(False, boolean), "max_weight_ratio": Param(10.0, ratio)}
+_HALF_TOL = 1e-12  # cumulative shares within this of 1/2 are exactly half the mass
 
 
 def median_of_sorted(block: np.ndarray) -> np.ndarray:
@@ -28,6 +37,28 @@ def coordinate_median(updates: torch.Tensor, rule: str = "median") -> torch.Tens
     return coordinatewise(updates, median_of_sorted, rule=rule)
 
 
+def weighted_median_of_sorted(values: np.ndarray, cum: np.ndarray) -> np.ndarray:
+    """Row weighted medians of a row-sorted (c, n) block with the cumulative shares ``cum`` of
+    its sorted order (last column 1): the first value whose cumulative share reaches 1/2; where
+    it is exactly 1/2, the mean of that value and the next one of positive share (uniform shares
+    give the unweighted median, even n included)."""
+    rows = np.arange(values.shape[0])
+    first = np.minimum((cum < 0.5 - _HALF_TOL).sum(axis=1), values.shape[1] - 1)
+    after = np.minimum((cum <= 0.5 + _HALF_TOL).sum(axis=1), values.shape[1] - 1)
+    low, high = values[rows, first], values[rows, after]
+    return np.where(after > first, 0.5 * low + 0.5 * high, low)
+
+
+def weighted_trimmed_mean_of_sorted(values: np.ndarray, cum: np.ndarray,
+                                    trim: float) -> np.ndarray:
+    """Row means of a row-sorted (c, n) block after removing the share ``trim`` of the mass from
+    each end: value k keeps the part of its share inside [trim, 1 − trim] (uniform shares and
+    trim = f/n give the unweighted trimmed mean). Summed in float64."""
+    lower = np.concatenate([np.zeros((cum.shape[0], 1)), cum[:, :-1]], axis=1)
+    kept = np.clip(np.minimum(cum, 1.0 - trim) - np.maximum(lower, trim), 0.0, None)
+    return (kept * values.astype(np.float64)).sum(axis=1) / kept.sum(axis=1)
+
+
 @register
 class Median(Rule):
     """Coordinate-wise median (Yin et al. 2018, "median-based gradient descent").
@@ -35,16 +66,27 @@ class Median(Rule):
         update_j = median_i x_ij;   even n: (x_(n/2)j + x_(n/2+1)j) / 2   (order statistics)
 
     Averaging the two middle values for even n is Yin et al.'s and numpy's convention
-    (``torch.median`` returns the lower middle). Unweighted.
-    Breakdown point 1/2: any f < n/2 outliers, however large, move each coordinate at most to
-    the range of the honest values.
+    (``torch.median`` returns the lower middle). Breakdown point 1/2: any f < n/2 outliers,
+    however large, move each coordinate at most to the range of the honest values.
+
+    ``weighted=True``: the weighted median with the clients' capped sample-count shares
+    a_i = min(c_i, r·median(c)) / Σ_j min(c_j, r·median(c)) (r = ``max_weight_ratio``): the
+    smallest value whose cumulative share reaches 1/2. The counts are client-reported and
+    unverified; the cap is the trust boundary: f clients can hold at most a share
+    f·r·median(c) / Σ min(c_j, ·), and the median is robust while that stays below 1/2.
     """
 
     name: ClassVar[str] = "median"
-    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+    parameters: ClassVar[dict[str, Param]] = dict(WEIGHTS)
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"weighted": True})
 
     def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
-        return Aggregation(update=coordinate_median(x))
+        if not self.weighted:
+            return Aggregation(update=coordinate_median(x))
+        shares, diag = client_shares(self.name, x.shape[0], ctx.weights, weighted=True,
+                                     max_weight_ratio=self.max_weight_ratio)
+        return Aggregation(update=weighted_coordinatewise(x, shares, weighted_median_of_sorted,
+                                                          rule=self.name), diagnostics=diag)
 
 
 @register
@@ -67,8 +109,10 @@ class TrimmedMean(Rule):
     parameters: ClassVar[dict[str, Param]] = {
         "f": Param(None, non_negative_int),
         "beta": Param(None, interval(0.0, 0.5, closed_hi=False)),
+        **WEIGHTS,
     }
-    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"beta": 0.2})
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"beta": 0.2},
+                                                       {"f": 1, "weighted": True})
 
     def setup(self) -> None:
         if (self.f is None) == (self.beta is None):
@@ -95,6 +139,13 @@ class TrimmedMean(Rule):
     def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         n = x.shape[0]
         f = self.trim_count(n)
+        if self.weighted:
+            shares, diag = client_shares(self.name, n, ctx.weights, weighted=True,
+                                         max_weight_ratio=self.max_weight_ratio)
+            update = weighted_coordinatewise(
+                x, shares, lambda v, cum: weighted_trimmed_mean_of_sorted(v, cum, f / n),
+                rule=self.name)
+            return Aggregation(update=update, diagnostics={**diag, "trimmed_share": f / n})
         kept = n - 2 * f
 
         keep = np.zeros(n, dtype=x.numpy().dtype)

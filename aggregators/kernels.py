@@ -109,6 +109,30 @@ def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndar
     return torch.from_numpy(out)
 
 
+def weighted_coordinatewise(updates: torch.Tensor, shares: torch.Tensor,
+                            reduce: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+                            rule: str = "aggregation") -> torch.Tensor:
+    """Like :func:`coordinatewise`, for rules that weigh the clients: ``reduce(values, cum)``
+    gets each column block's sorted (c, n) values and the cumulative ``shares`` (n,) of that
+    sorted order (last column 1), and returns (c,). Ties keep the client order (stable sort)."""
+    x = updates.numpy()
+    w = shares.double().numpy()
+    n, d = x.shape
+    c = max(256, _SORT_BLOCK_VALUES // n)
+    out = np.empty(d, dtype=x.dtype)
+    for s in range(0, d, c):
+        e = min(d, s + c)
+        block = np.ascontiguousarray(x[:, s:e].T)
+        order = np.argsort(block, axis=1, kind="stable")
+        values = np.take_along_axis(block, order, axis=1)
+        if not (np.isfinite(values[:, 0]).all() and np.isfinite(values[:, -1]).all()):
+            require_finite(rule, "updates", updates)
+        cum = np.cumsum(w[order], axis=1)
+        cum /= cum[:, -1:]
+        out[s:e] = reduce(values, cum)
+    return torch.from_numpy(out)
+
+
 def krum_scores(dist: torch.Tensor, f: int, members: torch.Tensor | None = None) -> torch.Tensor:
     """Krum scores on a float64 distance matrix, optionally restricted to ``members`` (bool (n,)).
 

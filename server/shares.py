@@ -32,7 +32,10 @@ import torch
 
 
 def coordinate_positions(rule_name: str, n: int, params: dict[str, Any]) -> list[int] | None:
-    """Sorted positions whose mean is the value of a coordinate-wise rule, or None."""
+    """Sorted positions whose mean is the value of a coordinate-wise rule, or None (also for
+    the weighted variants, whose positions depend on each coordinate's order)."""
+    if params.get("weighted"):
+        return None
     if rule_name == "median":
         return [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
     if rule_name == "trimmedmean":
