@@ -30,12 +30,21 @@ the Flower node id (what the SuperLink authenticates), never by a partition id a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -77,6 +86,12 @@ class RobustStrategy(FedAvg):
     sample_seed: seed of the client sampling (``(sample_seed, "sample", round)``); None = unseeded.
     node_wait_timeout: seconds to wait for ``min_available_nodes`` nodes before raising
         StrategyError (None = wait forever, Flower's behaviour).
+    buffers:     non-trainable float entries (``buffer_keys``; default BatchNorm's running
+        statistics): ``"median"`` (coordinate-wise median of the replies, outside the robust
+        vector, so they count in no norm or distance), ``"mean"``, or ``"rule"`` (part of the
+        robust vector, aggregated by the rule like a parameter).
+    integer_buffers: integer entries (``num_batches_tracked``) are never part of the robust
+        vector: ``"median"`` (the replies' lower median, an exact integer) or ``"keep"``.
     Other keyword arguments go to ``FedAvg`` (fraction_train, min_available_nodes, ...).
     """
 
@@ -98,9 +113,17 @@ class RobustStrategy(FedAvg):
         sample_seed: int | None = None,
         node_wait_timeout: float | None = None,
         meta_key: str = "meta",
+        buffers: str = "median",
+        integer_buffers: str = "median",
+        buffer_keys: Callable[[str], bool] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
+        if buffers not in BUFFER_POLICIES:
+            raise StrategyError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
+        if integer_buffers not in INTEGER_BUFFER_POLICIES:
+            raise StrategyError(f"integer_buffers must be one of {INTEGER_BUFFER_POLICIES}, "
+                                f"got {integer_buffers!r}")
         if isinstance(aggregator, str):
             aggregator = aggregators.create(aggregator, **(aggregator_params or {}))
         elif aggregator_params:
@@ -129,13 +152,19 @@ class RobustStrategy(FedAvg):
         self.node_wait_timeout = node_wait_timeout
         self.keys = ReplyKeys(arrays=self.arrayrecord_key, meta=meta_key,
                               weight=self.weighted_by_key)
+        self.buffers = buffers
+        self.integer_buffers = integer_buffers
+        self.buffer_keys = buffer_keys or is_running_statistic
         self.records: dict[int, RoundRecord] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # the records' ledger payloads
-        self._layout: ParamLayout | None = None
+        self._layout: ParamLayout | None = None  # the robust vector's entries
+        self._full: ParamLayout | None = None  # every entry of the model
+        self._arrays: ArrayRecord | None = None  # the round's global model
         self._expected: Expected | None = None
         self._global_vec: torch.Tensor | None = None
         self._sent_nodes: set[int] | None = None
-        self.latest_vec: torch.Tensor | None = None  # global model after the last round
+        self.latest_vec: torch.Tensor | None = None  # robust vector after the last round
+        self.latest_arrays: ArrayRecord | None = None  # the whole global model after it
 
     def summary(self) -> None:
         """What this strategy does, truthfully (FedAvg's summary would claim a weighted mean)."""
@@ -157,9 +186,14 @@ class RobustStrategy(FedAvg):
     def begin_round(self, arrays: ArrayRecord, sent_nodes: Iterable[int] | None = None) -> None:
         """Capture the round's global model and sampled nodes (``configure_train`` calls it)."""
         if self._layout is None:
-            self._layout = ParamLayout.of(arrays)
+            self._full = ParamLayout.of(arrays)
+            self._layout = self._full.select(
+                [key for key, dtype in zip(self._full.keys, self._full.dtypes, strict=True)
+                 if dtype.is_floating_point
+                 and (self.buffers == "rule" or not self.buffer_keys(key))])
             self._expected = Expected.of(arrays)
-        self._global_vec = arrayrecord_to_vector(arrays, self._layout)
+        self._arrays = arrays
+        self._global_vec = arrayrecord_to_vector(arrays, self._layout, subset=True)
         self._sent_nodes = None if sent_nodes is None else set(sent_nodes)
 
     def configure_train(
@@ -214,7 +248,8 @@ class RobustStrategy(FedAvg):
                                            expected_nodes=self._sent_nodes, keys=self.keys)
         valid.sort(key=_aggregation_order)  # deterministic rows, whatever the arrival order
         updates, kept, undecodable = decode_updates(replies, valid, self._global_vec,
-                                                    self._layout, self.arrayrecord_key)
+                                                    self._layout, self.arrayrecord_key,
+                                                    subset=True)
         record = self.core.run(rnd, self._global_vec, updates, [i.row() for i in kept],
                                replies=len(replies), rejected=rejected + undecodable)
         self._log_round(rnd, replies, record)
@@ -223,8 +258,23 @@ class RobustStrategy(FedAvg):
         contents = [replies[i.index].content for i in kept if i.node_id in used]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
         robust = {f"robust-{key}": value for key, value in record.counts().items()}
-        return (to_arrayrecord(record.new_vec, self._layout),
-                MetricRecord({**(dict(metrics) if metrics else {}), **robust}))
+        self.latest_arrays = self._global_arrays(
+            record.new_vec, [replies[i.index] for i in kept if i.node_id in used])
+        return self.latest_arrays, MetricRecord({**(dict(metrics) if metrics else {}), **robust})
+
+    def _global_arrays(self, vec: torch.Tensor, used: list[Message]) -> ArrayRecord:
+        """The new global model: the robust vector's entries from ``vec``, every other entry
+        (buffers) by the buffer policy over the replies the rule saw."""
+        assert self._layout is not None and self._full is not None and self._arrays is not None
+        parts = dict(to_arrayrecord(vec, self._layout).items())
+        for key in self._full.keys:
+            if key not in parts:
+                current = self._arrays[key].numpy()
+                policy = (self.integer_buffers if not np.issubdtype(current.dtype, np.floating)
+                          else self.buffers)
+                values = [msg.content[self.arrayrecord_key][key].numpy() for msg in used]
+                parts[key] = Array(combine_buffer(current, values, policy))
+        return ArrayRecord({key: parts[key] for key in self._full.keys})
 
     @staticmethod
     def _log_round(rnd: int, replies: list[Message], record: RoundRecord) -> None:
@@ -264,10 +314,18 @@ class RobustStrategy(FedAvg):
             self.checkpoints.save(Checkpoint(
                 rnd, self.records[rnd].new_vec, list(self._layout.keys),
                 [list(s) for s in self._layout.shapes], rule_state=self.rule.state_dict(),
-                meta={**self.rule_identity(),
+                meta={**self.rule_identity(), "buffers": self._buffer_state(),
                       "ledger_rows": None if self.ledger is None else self.ledger.rows,
                       "rounds_bytes": None if self.rows is None else self.rows.size()},
             ))
+
+    def _buffer_state(self) -> dict[str, torch.Tensor]:
+        """The global model's entries outside the robust vector (checkpointed beside it)."""
+        if self.latest_arrays is None or self._layout is None:
+            return {}
+        robust = set(self._layout.keys)
+        return {key: torch.from_numpy(array.numpy().copy())
+                for key, array in self.latest_arrays.items() if key not in robust}
 
     def rule_identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this strategy."""
@@ -279,6 +337,34 @@ class RobustStrategy(FedAvg):
         self.round_offset = ckpt.round
         if ckpt.rule_state:
             self.rule.load_state_dict(ckpt.rule_state)
+
+
+BUFFER_POLICIES = ("median", "mean", "rule")
+INTEGER_BUFFER_POLICIES = ("median", "keep")
+
+
+def is_running_statistic(key: str) -> bool:
+    """BatchNorm's buffers (``running_mean``, ``running_var``, ``num_batches_tracked``)."""
+    name = key.rsplit(".", 1)[-1]
+    return name.startswith("running_") or name == "num_batches_tracked"
+
+
+def combine_buffer(current: np.ndarray, values: list[np.ndarray], policy: str) -> np.ndarray:
+    """One buffer of the new global model from the replies' ``values``: their coordinate-wise
+    median (integer buffers: the lower median, an exact integer; a minority cannot move it
+    outside the honest values), their mean (``"mean"``: any one client moves it at will), or
+    the current value (``"keep"``, or when no reply holds a finite value)."""
+    if policy == "keep" or not values:
+        return current
+    if not np.issubdtype(current.dtype, np.floating):  # exact, in the integers themselves
+        ordered = np.sort(np.stack(values).astype(current.dtype), axis=0)
+        return np.asarray(ordered[(len(values) - 1) // 2], dtype=current.dtype)
+    stacked = np.stack(values).astype(np.float64)
+    stacked[~np.isfinite(stacked)] = np.nan
+    if np.isnan(stacked).all(axis=0).any():
+        stacked = np.where(np.isnan(stacked).all(axis=0), current.astype(np.float64), stacked)
+    out = np.nanmean(stacked, axis=0) if policy == "mean" else np.nanmedian(stacked, axis=0)
+    return np.asarray(out, dtype=current.dtype)
 
 
 def _aggregation_order(info: ReplyInfo) -> tuple[bool, int, int]:

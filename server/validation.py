@@ -166,6 +166,8 @@ def decode_updates(
     global_vec: torch.Tensor,
     layout: ParamLayout,
     arrays_key: str = "arrays",
+    *,
+    subset: bool = False,
 ) -> tuple[torch.Tensor, list[ReplyInfo], list[Rejection]]:
     """Decode each valid reply once into a preallocated (n, d) float32 matrix of deltas
     (client − global); drop the replies that do not decode (check 8). Non-finite rows are the
@@ -178,7 +180,8 @@ def decode_updates(
     for info in valid:
         target = out[len(kept)]
         try:
-            arrayrecord_to_vector(replies[info.index].content[arrays_key], layout, out=target)
+            arrayrecord_to_vector(replies[info.index].content[arrays_key], layout, out=target,
+                                  subset=subset)
         except (ValueError, TypeError, RuntimeError, OSError, EOFError) as exc:
             rejected.append(Rejection(info.index, info.node_id, info.partition_id,
                                       Reason.UNDECODABLE, f"cannot decode arrays: {exc}"))

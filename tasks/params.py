@@ -17,7 +17,7 @@ update matrix.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,14 @@ class ParamLayout:
             shapes=tuple(tuple(t.shape) for t in state.values()),
             dtypes=tuple(t.dtype for t in state.values()),
         )
+
+    def select(self, keys: Sequence[str]) -> ParamLayout:
+        """The layout of ``keys`` (in this layout's order)."""
+        wanted = set(keys)
+        picked = [i for i, key in enumerate(self.keys) if key in wanted]
+        return ParamLayout(tuple(self.keys[i] for i in picked),
+                           tuple(self.shapes[i] for i in picked),
+                           tuple(self.dtypes[i] for i in picked))
 
     def check_vector(self, vec: torch.Tensor, what: str = "vector") -> None:
         if not isinstance(vec, torch.Tensor) or vec.ndim != 1 or vec.numel() != self.numel:
@@ -155,16 +163,20 @@ def to_arrayrecord(vec: torch.Tensor, layout: ParamLayout) -> ArrayRecord:
 
 
 def arrayrecord_to_vector(
-    record: ArrayRecord, layout: ParamLayout, *, out: torch.Tensor | None = None
+    record: ArrayRecord, layout: ParamLayout, *, out: torch.Tensor | None = None,
+    subset: bool = False,
 ) -> torch.Tensor:
     """The (d,) float32 vector of ``record``, checked against ``layout`` (keys, order, shapes).
 
     With ``out`` (a contiguous float32 (d,) tensor, e.g. ``updates[i]`` of the server's (n, d)
-    matrix) the values are written straight into it and ``out`` is returned.
+    matrix) the values are written straight into it and ``out`` is returned. ``subset``: the
+    layout's keys are some of the record's (the trainable part of a model with buffers).
     """
     if not isinstance(record, ArrayRecord):
         raise ParamsError(f"expected an ArrayRecord, got {type(record).__name__}")
-    if tuple(record.keys()) != layout.keys:
+    wanted = set(layout.keys)
+    present = tuple(k for k in record if k in wanted) if subset else tuple(record.keys())
+    if present != layout.keys:
         missing = [k for k in layout.keys if k not in record]
         extra = [k for k in record if k not in layout.keys]
         raise ParamsError(

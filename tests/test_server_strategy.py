@@ -150,7 +150,9 @@ def test_payload_must_be_what_the_declared_dtype_and_shape_serialise_to(data, de
     assert max(decoded) < 1000  # nothing of the oversized payload was deserialised
 
 
-def test_integer_buffers_saturate_instead_of_wrapping_under_a_server_step():
+def test_integer_buffers_are_exact_and_never_wrap():
+    """Integer buffers stay out of the float robust vector: the lower median of the replies,
+    exact at 2^63 − 1 (a float32 round trip would wrap it to −2^63)."""
     base = ArrayRecord({"n": Array(np.array([2**62], np.int64)),
                         "w": Array(np.zeros(2, np.float32))})
     replies = [reply(i, 0.0, base=base,
@@ -158,8 +160,16 @@ def test_integer_buffers_saturate_instead_of_wrapping_under_a_server_step():
                                          "w": Array(np.ones(2, np.float32))}))
                for i in (1, 2)]
     new, _ = run_round(RobustStrategy(Mean(), server_lr=4.0), replies, arrays=base)
-    assert new["n"].numpy().tolist() == [2**63 - 1]  # saturated, not −2^63
-    assert new["n"].numpy().dtype == np.int64
+    assert new["n"].numpy().tolist() == [2**63 - 1] and new["n"].numpy().dtype == np.int64
+    np.testing.assert_allclose(new["w"].numpy(), [4.0, 4.0])
+
+
+def test_integer_values_saturate_when_a_server_step_pushes_them_past_their_range():
+    from fedshield.tasks.params import ParamLayout, unflatten
+
+    layout = ParamLayout.of({"n": torch.zeros(3, dtype=torch.int64)})
+    assert unflatten(torch.tensor([1e30, -1e30, 2.6]), layout)["n"].tolist() == [
+        2**63 - 1, -(2**63), 3]
 
 
 @pytest.mark.parametrize("value", [-5, 0.5, float("inf"), None, 2.0**53 + 2, 3.4e38])
@@ -431,3 +441,58 @@ def test_one_info_line_per_round_names_kept_excluded_and_rejected_nodes(caplog):
     text = caplog.text
     assert "Received 2 results and 1 failures" in text
     assert "kept [1], excluded by the rule [2], rejected ['3 (error-reply)']" in text
+
+
+def test_flowers_server_side_dp_clipping_wraps_a_robust_strategy():
+    """DifferentialPrivacyServerSideFixedClipping(RobustStrategy(...)) clips every delta to the
+    clipping norm, then the robust rule aggregates the clipped deltas (noise 0 here, to check the
+    value: the median of the clipped magnitudes 1, 0.5, 0.2 along one unit direction is 0.5)."""
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    from fedshield.aggregators import create
+
+    unit = np.full(9, 1 / 3.0)  # norm 1
+    inner = RobustStrategy(create("median"))
+    dp = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=0.0,
+                                                    clipping_norm=1.0, num_sampled_clients=3)
+    dp.current_arrays = global_record()
+    inner.begin_round(global_record())
+    replies = [reply(n, scale * unit) for n, scale in ((1, 10.0), (2, 0.5), (3, 0.2))]
+    new, metrics = dp.aggregate_train(1, replies)
+    np.testing.assert_allclose(flat(new), flat(global_record()) + 0.5 * unit, atol=1e-6)
+    assert metrics["robust-accepted"] == 3
+
+
+def bn_record(mean, var, count, weight):
+    return ArrayRecord({"bn.weight": Array(np.full(3, weight, np.float32)),
+                        "bn.running_mean": Array(np.full(3, mean, np.float32)),
+                        "bn.running_var": Array(np.full(3, var, np.float32)),
+                        "bn.num_batches_tracked": Array(np.array(count, np.int64))})
+
+
+def test_buffers_stay_out_of_the_robust_vector_and_take_a_robust_median():
+    """BatchNorm's running statistics and counter: the rule sees only the trainable weight
+    (norms and distances over it alone); the buffers take the replies' median, so one client
+    claiming a huge running variance or counter moves nothing."""
+    base = bn_record(0.0, 1.0, 10, 0.0)
+    honest = [bn_record(0.1 * i, 1.0 + 0.1 * i, 12, 1.0) for i in range(4)]
+    evil = bn_record(1e6, 1e9, 2**40, 1.0)
+    replies = [reply(i + 1, 0.0, arrays=rec) for i, rec in enumerate([*honest, evil])]
+    rule = Mean()
+    new, _ = run_round(RobustStrategy(rule), replies, arrays=base)
+    assert rule.calls[0]["updates"].shape == (5, 3)  # the weight only
+    np.testing.assert_allclose(new["bn.running_mean"].numpy(), [0.2] * 3, rtol=1e-6)
+    np.testing.assert_allclose(new["bn.running_var"].numpy(), [1.2] * 3, rtol=1e-6)
+    assert new["bn.num_batches_tracked"].numpy().tolist() == 12
+    assert new["bn.num_batches_tracked"].numpy().dtype == np.int64
+    mean = RobustStrategy(Mean(), buffers="mean")
+    new, _ = run_round(mean, replies, arrays=base)
+    assert new["bn.running_var"].numpy()[0] > 1e8  # "mean" lets one client move it at will
+    keep = RobustStrategy(Mean(), integer_buffers="keep")
+    new, _ = run_round(keep, replies, arrays=base)
+    assert new["bn.num_batches_tracked"].numpy().tolist() == 10
+    ruled = Mean()
+    run_round(RobustStrategy(ruled, buffers="rule"), replies, arrays=base)
+    assert ruled.calls[0]["updates"].shape == (5, 9)  # running statistics in the robust vector
+    with pytest.raises(StrategyError, match="buffers must be one of"):
+        RobustStrategy(Mean(), buffers="average")
