@@ -1,0 +1,1 @@
+"""A quickstart-style Flower app for fedshield's tests."""
