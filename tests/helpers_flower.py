@@ -113,3 +113,21 @@ class InProcessGrid:
                                        **self.node_config.get(pid, {})})
             replies.append(train(msg, ctx))
         return replies
+
+
+def private_flower_env(home) -> dict[str, str]:
+    """The environment of a ``flwr run`` that starts its own local SuperLink: a private
+    FLWR_HOME and free ports (never another user's SuperLink), no runtime installs, one thread."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from fedshield.simulations.engine_flower import free_port
+
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}

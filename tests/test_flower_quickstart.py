@@ -7,28 +7,24 @@ FedAvg under the attack."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_flower import private_flower_env
 
 APP = Path(__file__).with_name("flower_app")
 
 
 def flwr_run(tmp_path: Path, strategy: str) -> dict:
-    from fedshield.simulations.engine_flower import free_port, stop_processes
+    from fedshield.simulations.engine_flower import stop_processes
 
     home = tmp_path / f"home-{strategy}"
     home.mkdir()
     result = tmp_path / f"{strategy}.json"
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+    env = private_flower_env(home)
     argv = ["timeout", "-k", "5", "300", f"{bindir}/flwr", "run", str(APP), "--stream",
             "--federation-config", "num-supernodes=6 client-resources-num-cpus=1",
             "--run-config", f"strategy='{strategy}' result-file='{result}'"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers_flower import private_flower_env
 
-from fedshield.server.deploy.local import free_port
 from fedshield.server.ledger import verify_ledger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,13 +39,7 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
     home.mkdir()
     out = tmp_path / "out"
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1",
-           # a private managed SuperLink: never reuse (or collide with) another user's
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+    env = private_flower_env(home)
     run_config = (f"num-clients=5 rounds=2 local-steps=3 aggregator='krum' "
                   f"aggregator-params='{{\"f\": 1}}' attack='signflip' num-malicious=1 "
                   f"output-dir='{out}'")
@@ -80,16 +73,6 @@ def test_flwr_run_simulation_with_overrides(tmp_path):
     assert not processes_of(home)
 
 
-def _private_flower_env(home: Path) -> dict[str, str]:
-    bindir = str(Path(sys.executable).parent)
-    return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
-
-
 @pytest.mark.flower
 def test_bare_flwr_run_finishes_every_round_on_flowers_default_federation(tmp_path):
     """``flwr run .`` with no flag: num-clients follows the default federation's SuperNodes."""
@@ -98,7 +81,7 @@ def test_bare_flwr_run_finishes_every_round_on_flowers_default_federation(tmp_pa
     bindir = str(Path(sys.executable).parent)
     argv = ["timeout", "-k", "5", "300", f"{bindir}/flwr", "run", ".", "--stream"]
     try:
-        result = subprocess.run(argv, cwd=REPO, env=_private_flower_env(home),
+        result = subprocess.run(argv, cwd=REPO, env=private_flower_env(home),
                                 capture_output=True, text=True, check=False)
     finally:
         from fedshield.simulations.engine_flower import stop_processes
