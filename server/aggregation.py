@@ -8,7 +8,7 @@ Given the round's global vector θ_t (d,), the (n, d) float32 matrix of client d
 with η the server learning rate (η = 1 is plain FedAvg-style replacement by the aggregate; η ≠ 1 is
 the "server learning rate" of Reddi et al., *Adaptive Federated Optimization*, ICLR 2021).
 Distance-based rules compute the round's pairwise squared distances once themselves
-(``aggregators.distances``); a caller that already has them passes ``gram`` (context key
+(``fedshield.aggregators.kernels``); a caller that already has them passes ``gram`` (context key
 ``gram``). Rules with ``needs_reference`` must be given the server's reference delta (FLTrust).
 """
 
