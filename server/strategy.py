@@ -16,8 +16,11 @@ One round (``aggregate_train``), with θ_t the global model captured in ``config
 3. everything after decoding is the round core, :class:`fedshield.server.round.RoundCore`
    (non-finite rows, the simulation's adversary stage, the too-few-clients skip, the reference
    update, the rule, the step, divergence, shares, detection, norms, losses), the same code the
-   inline engine runs;
-4. the commit (:meth:`RobustStrategy.commit`): the ledger row, the metrics row, then the
+   inline engine runs; entries outside the robust vector (BatchNorm's running statistics,
+   integer counters) follow the buffer policy (``buffers``, ``integer_buffers``);
+4. the clients' metrics, aggregated as FedAvg does (``train_metrics_aggr_fn``), with the round's
+   counts beside them as ``robust-*``;
+5. the commit (:meth:`RobustStrategy.commit`): the ledger row, the metrics row, then the
    checkpoint, which marks the round as committed (a crash before it is redone on resume).
    ``RobustStrategy`` commits in ``aggregate_train``; fedshield's ServerApp sets
    ``auto_commit=False`` and commits after its evaluation, so that the metrics row is part of it.
