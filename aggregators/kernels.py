@@ -177,13 +177,13 @@ def _scaled_norms(rows: torch.Tensor) -> torch.Tensor:
 def row_norms(updates: torch.Tensor) -> torch.Tensor:
     """(n,) float64 Euclidean norms of the rows.
 
-    One fast pass in the updates' dtype; the rare rows whose sum of squares overflowed (entries
-    above ~1e19 in float32) or underflowed (all entries below ~1e-19) are redone scaled by their
-    largest |entry|.
+    One pass in the updates' dtype; the rare rows whose sum of squares overflowed (entries above
+    ~1e19 in float32) or may have underflowed (a norm below 100·sqrt(smallest normal), 1e-17 in
+    float32) are redone scaled by their largest |entry|.
     """
     norms = torch.linalg.vector_norm(updates, dim=1)
-    peak = torch.maximum(updates.amax(dim=1), -updates.amin(dim=1))
-    bad = ~torch.isfinite(norms) | (norms < peak * (1 - 1e-6))
+    tiny = 100.0 * torch.finfo(updates.dtype).tiny ** 0.5
+    bad = ~torch.isfinite(norms) | (norms < tiny)
     norms = norms.double()
     if bool(bad.any()):
         norms[bad] = _scaled_norms(updates[bad])
