@@ -151,8 +151,8 @@ class RoundRecord:
     train_loss: float | None
     detection: dict[str, float | None]
     norms: dict[str, float | None]
-    model_hash_before: str
-    model_hash_after: str
+    model_hash_before: str | None
+    model_hash_after: str | None
     diagnostics: dict[str, Any]
     new_vec: torch.Tensor = field(repr=False)
 
@@ -242,14 +242,16 @@ class RoundCore:
                   crafted malicious rows (m, d), written into the matrix in place;
     max_num_examples, num_examples_cap_factor: the cap on client-reported sample counts,
                   min(max_num_examples, factor · median of the round's reports) (None disables);
-    hooks:        explicit timing hooks (:class:`Hooks`).
+    hooks:        explicit timing hooks (:class:`Hooks`);
+    hashes:       compute the model and update hashes (sha256 of each row, for the ledger); the
+                  inline engine, which keeps no ledger, turns them off (None in its records).
     """
 
     def __init__(self, rule: Rule, *, server_lr: float = 1.0,
                  reference_fn: ReferenceFn | None = None, adversary: AdversaryFn | None = None,
                  max_num_examples: float | None = None,
                  num_examples_cap_factor: float | None = 10.0,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, hashes: bool = True) -> None:
         self.rule = rule
         self.server_lr = float(server_lr)
         self.reference_fn = reference_fn
@@ -257,6 +259,7 @@ class RoundCore:
         self.max_num_examples = max_num_examples
         self.num_examples_cap_factor = num_examples_cap_factor
         self.hooks: Hooks = hooks or NoHooks()
+        self.hashes = hashes
 
     def run(self, rnd: int, global_vec: torch.Tensor, updates: torch.Tensor,
             rows: Sequence[ClientRow], *, replies: int | None = None,
@@ -312,14 +315,15 @@ class RoundCore:
                 rejected: list[Rejection], replies: int, agg: Aggregation | None,
                 seconds: float | None, skip: str, diverged: bool) -> RoundRecord:
         norms = row_norms(updates)
-        decisions = []
-        for i, row in enumerate(rows):
-            status, weight = _decision(agg, i)
-            decisions.append(Decision(
-                client_id=row.client_id, node_id=row.node_id, partition_id=row.partition_id,
-                malicious=row.malicious, status=status, weight=weight, num_examples=counts[i],
-                reported_examples=row.num_examples, train_loss=row.train_loss,
-                update_norm=float(norms[i]), update_hash=tensor_hash(updates[i])))
+        decisions = [
+            Decision(client_id=row.client_id, node_id=row.node_id, partition_id=row.partition_id,
+                     malicious=row.malicious, status=status, weight=weight,
+                     num_examples=count, reported_examples=row.num_examples,
+                     train_loss=row.train_loss, update_norm=norm,
+                     update_hash=tensor_hash(updates[i]) if self.hashes else None)
+            for i, (row, (status, weight), count, norm)
+            in enumerate(zip(rows, _decisions(agg, len(rows)), counts, norms.tolist(),
+                             strict=True))]
         decisions += [Decision(client_id=None, node_id=r.node_id, partition_id=r.partition_id,
                                malicious=None, status="rejected", reason=str(r.reason),
                                detail=r.detail) for r in rejected]
@@ -336,7 +340,8 @@ class RoundCore:
                 torch.linalg.vector_norm(agg.update.double())),
             train_loss=_benign_loss(rows, counts),
             detection=detection(accepted, mask), norms=norm_summary(norms, mask),
-            model_hash_before=tensor_hash(before), model_hash_after=tensor_hash(after),
+            model_hash_before=tensor_hash(before) if self.hashes else None,
+            model_hash_after=tensor_hash(after) if self.hashes else None,
             diagnostics={} if agg is None else dict(agg.diagnostics), new_vec=after)
 
 
@@ -374,16 +379,18 @@ def _benign_loss(rows: list[ClientRow], counts: list[float]) -> float | None:
     return sum(loss * c for loss, c in pairs) / total if total > 0 else None
 
 
-def _decision(agg: Aggregation | None, row: int) -> tuple[str, float | None]:
-    """(status, weight) of valid row ``row`` under the rule's decision."""
+def _decisions(agg: Aggregation | None, n: int) -> list[tuple[str, float | None]]:
+    """(status, weight) of each valid row under the rule's decision: accepted / excluded by
+    ``accepted`` when the rule selects, else by a positive weight; every row of a skipped round
+    is excluded."""
     if agg is None:
-        return "excluded", None
-    weight = None if agg.weights is None else float(agg.weights[row])
+        return [("excluded", None)] * n
+    weights = [None] * n if agg.weights is None else agg.weights.double().tolist()
     if agg.accepted is not None:
-        return ("accepted" if bool(agg.accepted[row]) else "excluded"), weight
-    if weight is not None:
-        return ("accepted" if weight > 0 else "excluded"), weight
-    return "accepted", weight
+        chosen = agg.accepted.tolist()
+    else:
+        chosen = [w is None or w > 0 for w in weights]
+    return [("accepted" if ok else "excluded", w) for ok, w in zip(chosen, weights, strict=True)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -138,7 +138,7 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     core = RoundCore(
         rule, server_lr=cfg.server_lr, adversary=adversary_stage(attack, rule, cfg.seed),
         reference_fn=(lambda rnd, g: server_reference(task, g, rnd, cfg))
-        if rule.needs_reference else None, hooks=hooks)
+        if rule.needs_reference else None, hooks=hooks, hashes=False)
     evaluator = GlobalEvaluator(task, attack if malicious else None)
     data_attack = attack if attack is not None and attack.kind == "data" else None
     global_vec = task.initial_vector().clone()
