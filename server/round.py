@@ -167,6 +167,16 @@ class RoundRecord:
     def rejected_by_reason(self) -> dict[str, int]:
         return dict(Counter(d.reason for d in self.rejected))
 
+    @property
+    def accepted_count(self) -> int:
+        return sum(d.status == "accepted" for d in self.decisions)
+
+    @property
+    def capped_count(self) -> int:
+        """Valid rows whose client-reported sample count was capped."""
+        return sum(1 for d in self.valid if d.num_examples is not None
+                   and d.reported_examples is not None and d.num_examples < d.reported_examples)
+
     def row(self) -> dict[str, Any]:
         """The per-round metrics row: ``rounds.jsonl`` of the ServerApp and the harness row of
         both engines (the engine adds evaluation and wall-clock keys)."""
@@ -192,7 +202,7 @@ class RoundRecord:
             "valid": len(valid),
             "rejected": len(self.rejected),
             "rejected_by_reason": self.rejected_by_reason(),
-            "capped": sum(1 for d in valid if _capped(d)),
+            "capped": self.capped_count,
             "skipped": self.skipped,
             "skip_reason": self.skip_reason,
             "diverged": self.diverged,
@@ -202,28 +212,28 @@ class RoundRecord:
     def report(self) -> dict[str, Any]:
         """The ledger payload: the row's decisions per client, hashes, parameters, diagnostics."""
         return {
-            "round": self.round, "rule": self.rule, "rule_params": _jsonable(self.rule_params),
+            "round": self.round, "rule": self.rule, "rule_params": jsonable(self.rule_params),
             "server_lr": self.server_lr, "replies": self.replies, "valid": len(self.valid),
-            "accepted": sum(d.status == "accepted" for d in self.valid),
+            "accepted": self.accepted_count,
             "rejected": len(self.rejected), "rejected_by_reason": self.rejected_by_reason(),
-            "capped": sum(1 for d in self.valid if _capped(d)),
+            "capped": self.capped_count,
             "skipped": self.skipped, "skip_reason": self.skip_reason, "diverged": self.diverged,
             "malicious_share": self.malicious_share, "share_kind": self.share_kind,
             "has_accepted": self.has_accepted,
             "model_hash_before": self.model_hash_before,
             "model_hash_after": self.model_hash_after,
             "aggregation_seconds": self.aggregation_seconds, "train_loss": self.train_loss,
-            "clients": [_jsonable(vars(d)) for d in self.decisions],
-            "diagnostics": _jsonable(self.diagnostics),
+            "clients": [jsonable(vars(d)) for d in self.decisions],
+            "diagnostics": jsonable(self.diagnostics),
         }
 
     def counts(self) -> dict[str, int | float]:
         """Scalar counts of the round (Flower's MetricRecord; ids never go there)."""
         out: dict[str, int | float] = {
             "replies": self.replies, "valid": len(self.valid),
-            "accepted": sum(d.status == "accepted" for d in self.valid),
+            "accepted": self.accepted_count,
             "rejected": len(self.rejected), "skipped": int(self.skipped),
-            "capped": sum(1 for d in self.valid if _capped(d)),
+            "capped": self.capped_count,
             "aggregation-seconds": float(self.aggregation_seconds or 0.0),
         }
         for reason, count in self.rejected_by_reason().items():
@@ -367,11 +377,6 @@ def cap_num_examples(reported: Sequence[float], *, max_num_examples: float | Non
     return [min(float(n), cap) for n in reported]
 
 
-def _capped(d: Decision) -> bool:
-    return (d.num_examples is not None and d.reported_examples is not None
-            and d.num_examples < d.reported_examples)
-
-
 def _benign_loss(rows: list[ClientRow], counts: list[float]) -> float | None:
     pairs = [(r.train_loss, c) for r, c in zip(rows, counts, strict=True)
              if r.train_loss is not None and not r.malicious]
@@ -393,22 +398,23 @@ def _decisions(agg: Aggregation | None, n: int) -> list[tuple[str, float | None]
     return [("accepted" if ok else "excluded", w) for ok, w in zip(chosen, weights, strict=True)]
 
 
-def _jsonable(value: Any) -> Any:
-    """Diagnostics/params as plain JSON (tensors to lists, non-finite floats to None)."""
+def jsonable(value: Any) -> Any:
+    """Diagnostics/params as plain JSON (tensors to lists, non-finite floats to None, anything
+    else by its repr)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().tolist()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, int | str | bool) or value is None:
         return value
     if hasattr(value, "item"):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return repr(value)
 
 
 __all__ = ["ClientRow", "Decision", "Hooks", "NoHooks", "Reason", "Rejection", "RoundCore",
-           "RoundRecord", "cap_num_examples", "finite_rows", "require_round_size"]
+           "RoundRecord", "cap_num_examples", "finite_rows", "jsonable", "require_round_size"]

@@ -56,7 +56,7 @@ from fedshield import aggregators
 from fedshield.aggregators import Rule
 from fedshield.server.checkpoint import Checkpoint, CheckpointStore, RowLog
 from fedshield.server.ledger import Ledger
-from fedshield.server.round import AdversaryFn, ReferenceFn, RoundCore, RoundRecord
+from fedshield.server.round import AdversaryFn, ReferenceFn, RoundCore, RoundRecord, jsonable
 from fedshield.server.validation import (
     Expected,
     ReplyInfo,
@@ -256,13 +256,13 @@ class RobustStrategy(FedAvg):
         record = self.core.run(rnd, self._global_vec, updates, [i.row() for i in kept],
                                replies=len(replies), rejected=rejected + undecodable)
         self._log_round(rnd, replies, record)
+        in_rule = {d.node_id for d in record.valid}
+        used = [replies[i.index] for i in kept if i.node_id in in_rule]
+        self.latest_arrays = self._global_arrays(record.new_vec, used)  # before a commit saves it
         self._record(record)
-        used = {d.node_id for d in record.valid}
-        contents = [replies[i.index].content for i in kept if i.node_id in used]
+        contents = [msg.content for msg in used]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
         robust = {f"robust-{key}": value for key, value in record.counts().items()}
-        self.latest_arrays = self._global_arrays(
-            record.new_vec, [replies[i.index] for i in kept if i.node_id in used])
         return self.latest_arrays, MetricRecord({**(dict(metrics) if metrics else {}), **robust})
 
     def _global_arrays(self, vec: torch.Tensor, used: list[Message]) -> ArrayRecord:
@@ -332,7 +332,7 @@ class RobustStrategy(FedAvg):
 
     def rule_identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this strategy."""
-        return {"rule": self.rule.name, "rule_params": _plain(self.rule.params())}
+        return {"rule": self.rule.name, "rule_params": jsonable(self.rule.params())}
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue after ``ckpt``: offset the rounds and restore the rule's cross-round state
@@ -374,14 +374,3 @@ def _aggregation_order(info: ReplyInfo) -> tuple[bool, int, int]:
     """Rows sorted by partition id (unknown last), then node id."""
     pid = info.partition_id
     return (pid is None, -1 if pid is None else pid, info.node_id)
-
-
-def _plain(value: Any) -> Any:
-    """Rule parameters as plain data for a checkpoint (a nested Rule by its repr)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)

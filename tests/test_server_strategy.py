@@ -496,3 +496,15 @@ def test_buffers_stay_out_of_the_robust_vector_and_take_a_robust_median():
     assert ruled.calls[0]["updates"].shape == (5, 9)  # running statistics in the robust vector
     with pytest.raises(StrategyError, match="buffers must be one of"):
         RobustStrategy(Mean(), buffers="average")
+
+
+def test_a_round_checkpoints_the_buffers_it_returns(tmp_path):
+    """The checkpoint of round t holds round t's buffers (not the previous round's)."""
+    base = bn_record(0.0, 1.0, 10, 0.0)
+    replies = [reply(i + 1, 0.0, arrays=bn_record(0.1 * i, 1.0 + 0.1 * i, 12, 1.0))
+               for i in range(3)]
+    store = CheckpointStore(tmp_path)
+    new, _ = run_round(RobustStrategy(Mean(), checkpoints=store), replies, arrays=base)
+    saved = store.latest().meta["buffers"]
+    assert saved["bn.num_batches_tracked"].item() == 12
+    np.testing.assert_array_equal(saved["bn.running_var"].numpy(), new["bn.running_var"].numpy())
