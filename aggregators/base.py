@@ -136,9 +136,7 @@ class Rule:
 
     def uses_weights(self) -> bool:
         """Whether the result depends on the client-reported sample counts (``weights``)."""
-        inner = getattr(self, "_inner", None)
-        return bool(getattr(self, "weighted", False)) or (
-            inner is not None and inner.uses_weights())
+        return bool(getattr(self, "weighted", False))
 
     def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
         """Aggregate validated updates ``x`` (n, d), contiguous, finite, on CPU."""
@@ -392,7 +390,48 @@ def inner_context(context: Context) -> dict[str, Any]:
     return {"reference": context.reference} if context.reference is not None else {}
 
 
-__all__ = ["CONTEXT_KEYS", "REQUIRED", "Aggregation", "AggregatorError", "Context", "Param",
-           "Rule", "available", "check_aggregation", "check_context", "check_updates", "create",
-           "finite_rows",
-           "inner_context", "register", "require_finite", "resolve_inner", "rule_class"]
+class PreAggregator(Rule):
+    """A rule that transforms the rows, then hands them to an ``inner`` rule (bucketing, NNM):
+    the inner rule is a Rule instance or a registered name with ``inner_params``; the
+    pre-aggregator needs a reference, or weights, when its inner rule does."""
+
+    INNER: ClassVar[dict[str, Param]] = {"inner": Param("median"), "inner_params": Param(None)}
+
+    def setup(self) -> None:
+        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
+        self.inner = self._inner.name
+        self.inner_params = self._inner.params()
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The inner rule's need: FLTrust inside a pre-aggregator still needs the root update."""
+        return self._inner.needs_reference
+
+    def uses_weights(self) -> bool:
+        return self._inner.uses_weights()
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+
+__all__ = [
+    "CONTEXT_KEYS",
+    "REQUIRED",
+    "Aggregation",
+    "AggregatorError",
+    "Context",
+    "Param",
+    "PreAggregator",
+    "Rule",
+    "available",
+    "check_aggregation",
+    "check_context",
+    "check_updates",
+    "create",
+    "finite_rows",
+    "inner_context",
+    "register",
+    "require_finite",
+    "resolve_inner",
+    "rule_class",
+]

@@ -30,17 +30,16 @@ from fedshield.aggregators.base import (
     Aggregation,
     Context,
     Param,
-    Rule,
+    PreAggregator,
     inner_context,
     register,
-    resolve_inner,
 )
 from fedshield.aggregators.kernels import mean_rows
 from fedshield.aggregators.validation import non_negative_int, positive_int
 
 
 @register
-class Bucketing(Rule):
+class Bucketing(PreAggregator):
     """Bucketing (Karimireddy et al., ICLR 2022): average random buckets of s, then ``inner``.
 
     Parameters
@@ -60,22 +59,11 @@ class Bucketing(Rule):
 
     parameters: ClassVar[dict[str, Param]] = {
         "s": Param(2, positive_int),
-        "inner": Param("median"),
-        "inner_params": Param(None),
+        **PreAggregator.INNER,
         "seed": Param(0, non_negative_int),
     }
     examples: ClassVar[tuple[dict[str, Any], ...]] = (
         {}, {"s": 2, "inner": "krum", "inner_params": {"f": 1}})
-
-    def setup(self) -> None:
-        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
-        self.inner = self._inner.name
-        self.inner_params = self._inner.params()
-
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        """The inner rule's need: FLTrust inside a pre-aggregator still needs the root update."""
-        return self._inner.needs_reference
 
     def min_clients(self) -> int:
         """⌈n/s⌉ ≥ the inner rule's minimum ⇔ n ≥ (min − 1)·s + 1."""
@@ -83,7 +71,7 @@ class Bucketing(Rule):
 
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._inner.reset()
+        super().reset()
 
     def aggregate(self, updates: torch.Tensor, context: Context) -> Aggregation:
         n = updates.shape[0]

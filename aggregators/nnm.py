@@ -29,10 +29,9 @@ from fedshield.aggregators.base import (
     Aggregation,
     Context,
     Param,
-    Rule,
+    PreAggregator,
     inner_context,
     register,
-    resolve_inner,
 )
 from fedshield.aggregators.kernels import mean_rows, resolve_distances
 from fedshield.aggregators.validation import non_negative_int
@@ -50,7 +49,7 @@ def mixing_matrix(sq_distances: torch.Tensor, neighbours: int) -> torch.Tensor:
 
 
 @register
-class NNM(Rule):
+class NNM(PreAggregator):
     """NNM (Allouah et al., AISTATS 2023): mix each update with its n − f nearest, then ``inner``.
 
     Parameters
@@ -67,27 +66,13 @@ class NNM(Rule):
 
     parameters: ClassVar[dict[str, Param]] = {
         "f": Param(1, non_negative_int),
-        "inner": Param("median"),
-        "inner_params": Param(None),
+        **PreAggregator.INNER,
     }
     examples: ClassVar[tuple[dict[str, Any], ...]] = (
         {"f": 1}, {"f": 1, "inner": "krum", "inner_params": {"f": 1}})
 
-    def setup(self) -> None:
-        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
-        self.inner = self._inner.name
-        self.inner_params = self._inner.params()
-
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        """The inner rule's need: FLTrust inside a pre-aggregator still needs the root update."""
-        return self._inner.needs_reference
-
     def min_clients(self) -> int:
         return max(self.f + 1, self._inner.min_clients())
-
-    def reset(self) -> None:
-        self._inner.reset()
 
     def aggregate(self, updates: torch.Tensor, context: Context) -> Aggregation:
         n = updates.shape[0]

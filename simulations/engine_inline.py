@@ -165,5 +165,5 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
         rows.append(row)
         if on_round is not None:
             on_round(row)
-    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(malicious)
-                     if attack is not None else [], seconds=time.perf_counter() - start)
+    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(malicious),
+                     seconds=time.perf_counter() - start)
