@@ -175,9 +175,3 @@ class RowLog:
                 fh.truncate(size)
                 os.fsync(fh.fileno())
         return max(0, current - size)
-
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]

@@ -153,10 +153,6 @@ class LedgerCheck:
     key: str = ""
     pinned: bool = False
 
-    @property
-    def last_hash(self) -> str:
-        return self.head
-
 
 def verify_ledger(path: str | os.PathLike[str], *, key: str | os.PathLike[str] | None = None,
                   expect_head: str | None = None, min_rows: int = 0,

@@ -146,7 +146,8 @@ def build_attack(cfg: RunConfig, dataset: Any) -> Any | None:
 
 
 def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
-    if attack is None or attack.kind != "model":
+    """The simulation's adversary stage (None without a model attack), imported lazily."""
+    if attack is None:
         return None
     from fedshield.clients.attacks.adversary import adversary_stage
 

@@ -52,7 +52,7 @@ def test_intact_chain_verifies(tmp_path):
     ledger = write(path)
     check = verify_ledger(path)
     assert check.ok and check.rows == 4 and check.first_bad is None
-    assert check.last_hash == ledger.last_hash
+    assert check.head == ledger.last_hash
 
 
 @pytest.mark.parametrize(("tamper", "first_bad", "why"), [
