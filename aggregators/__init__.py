@@ -9,10 +9,13 @@ from fedshield.aggregators import bucketing as bucketing
 from fedshield.aggregators import bulyan as bulyan
 from fedshield.aggregators import clipping as clipping
 from fedshield.aggregators import coordinate as coordinate
+from fedshield.aggregators import detection as detection
 from fedshield.aggregators import dnc as dnc
 from fedshield.aggregators import flame as flame
+from fedshield.aggregators import fldetector as fldetector
 from fedshield.aggregators import fltrust as fltrust
 from fedshield.aggregators import foolsgold as foolsgold
+from fedshield.aggregators import freqfed as freqfed
 from fedshield.aggregators import geomed as geomed
 from fedshield.aggregators import krum as krum
 from fedshield.aggregators import mean as mean
@@ -30,6 +33,13 @@ from fedshield.aggregators.base import (
     register,
     rule_class,
 )
+from fedshield.aggregators.detection import (
+    Detection,
+    Detector,
+    available_detectors,
+    create_detector,
+)
 
-__all__ = ["REQUIRED", "Aggregation", "AggregatorError", "Context", "Param", "Rule", "available",
-           "create", "register", "rule_class"]
+__all__ = ["REQUIRED", "Aggregation", "AggregatorError", "Context", "Detection", "Detector",
+           "Param", "Rule", "available", "available_detectors", "create", "create_detector",
+           "register", "rule_class"]

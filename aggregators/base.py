@@ -51,12 +51,15 @@ class Aggregation:
     update:      (d,) the aggregated delta; always finite.
     accepted:    (n,) bool, for rules that select clients (Krum, Bulyan, FLAME, ...), else None.
     weights:     (n,) float, each client's share of the result (sums to 1 where defined), else None.
+    flagged:     (n,) bool, the clients a detector flagged as malicious (``detect`` composition;
+                 detection metrics read it before ``accepted``), else None.
     diagnostics: free-form, JSON-serialisable scalars/lists (scores, iterations, clip factors...).
     """
 
     update: torch.Tensor
     accepted: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    flagged: torch.Tensor | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,42 +92,34 @@ class Param:
     check: Check | None = None
 
 
-class Rule:
-    """Base class of every rule (see the module docstring for the contract).
-
-    Subclasses set ``name`` (the registry key), ``parameters`` and ``examples`` (parameter sets
-    the contract test suite builds the rule with; every registered rule must have one), implement
-    ``aggregate``, and may override ``setup``, ``min_clients`` (the smallest n the rule accepts,
-    with ``requirement`` saying why) and ``reset`` (fresh cross-round state).
-    """
+class Component:
+    """What rules and detectors share: declared parameters (keyword-only constructor, checked
+    against their declarations, then ``setup()`` and ``reset()``), ``params()``, plain-data state
+    (``state_dict`` / ``load_state_dict``) and ``min_clients``."""
 
     name: ClassVar[str] = ""
     stateful: ClassVar[bool] = False  # keeps per-client history across rounds
-    needs_reference: ClassVar[bool] = False
-    robust: ClassVar[bool] = True  # claims bounded influence of f arbitrary rows
-    permutation_invariant: ClassVar[bool] = True  # the result does not depend on row order
     parameters: ClassVar[dict[str, Param]] = {}
     examples: ClassVar[tuple[dict[str, Any], ...]] = ()
     requirement: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
-        rule = self.name or type(self).__name__
+        owner = self.name or type(self).__name__
         unknown = sorted(set(params) - set(self.parameters))
         if unknown:
             raise AggregatorError(
-                f"{rule}: unknown parameter(s) {', '.join(unknown)}; valid: "
+                f"{owner}: unknown parameter(s) {', '.join(unknown)}; valid: "
                 f"{', '.join(sorted(self.parameters)) or '(none)'}")
         for pname, spec in self.parameters.items():
             value = params.get(pname, spec.default)
             if value is REQUIRED:
-                raise AggregatorError(f"{rule}: parameter {pname!r} is required")
+                raise AggregatorError(f"{owner}: parameter {pname!r} is required")
             if spec.check is not None and not (value is None and spec.default is None):
-                value = spec.check(rule, pname, value)
+                value = spec.check(owner, pname, value)
             setattr(self, pname, value)
         self.setup()
         self.reset()
 
-    # --- to override ----------------------------------------------------------------------------
     def setup(self) -> None:
         """Cross-parameter checks and derived attributes (after the parameters are stored)."""
 
@@ -134,22 +129,8 @@ class Rule:
     def min_clients(self) -> int:
         return 1
 
-    def uses_weights(self) -> bool:
-        """Whether the result depends on the client-reported sample counts (``weights``)."""
-        return bool(getattr(self, "weighted", False))
-
-    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
-        """Aggregate validated updates ``x`` (n, d), contiguous, finite, on CPU."""
-        raise NotImplementedError
-
-    # --- the contract ---------------------------------------------------------------------------
-    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
-        x = check_updates(self, updates)
-        ctx = check_context(self, x, context)
-        return check_aggregation(self, self.aggregate(x, ctx), x.shape)
-
     def params(self) -> dict[str, Any]:
-        """The rule's declared parameters, as stored (for ledgers, reports and ``repr``)."""
+        """The declared parameters, as stored (for ledgers, reports and ``repr``)."""
         return {pname: getattr(self, pname) for pname in self.parameters}
 
     def state_dict(self) -> dict[str, Any]:
@@ -158,7 +139,7 @@ class Rule:
                 if key.startswith("_") and not key.startswith("__")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; a key the rule does not have is an error."""
+        """Restore what :meth:`state_dict` returned; a key the object does not have is an error."""
         for key, value in state.items():
             attr = f"_{key}"
             if not hasattr(self, attr):
@@ -166,7 +147,7 @@ class Rule:
             current = getattr(self, attr)
             if isinstance(current, torch.Generator):
                 current.set_state(value)
-            elif isinstance(current, Rule):
+            elif isinstance(current, Component):
                 current.load_state_dict(value)
             else:
                 setattr(self, attr, value)
@@ -176,10 +157,37 @@ class Rule:
         return f"{type(self).__name__}({args})"
 
 
+class Rule(Component):
+    """Base class of every rule (see the module docstring for the contract).
+
+    Subclasses set ``name`` (the registry key), ``parameters`` and ``examples`` (parameter sets
+    the contract test suite builds the rule with; every registered rule must have one), implement
+    ``aggregate``, and may override ``setup``, ``min_clients`` (the smallest n the rule accepts,
+    with ``requirement`` saying why) and ``reset`` (fresh cross-round state).
+    """
+
+    needs_reference: ClassVar[bool] = False
+    robust: ClassVar[bool] = True  # claims bounded influence of f arbitrary rows
+    permutation_invariant: ClassVar[bool] = True  # the result does not depend on row order
+
+    def uses_weights(self) -> bool:
+        """Whether the result depends on the client-reported sample counts (``weights``)."""
+        return bool(getattr(self, "weighted", False))
+
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
+        """Aggregate validated updates ``x`` (n, d), contiguous, finite, on CPU."""
+        raise NotImplementedError
+
+    def __call__(self, updates: torch.Tensor, **context: Any) -> Aggregation:
+        x = check_updates(self, updates)
+        ctx = check_context(self, x, context)
+        return check_aggregation(self, self.aggregate(x, ctx), x.shape)
+
+
 def _export_state(value: Any) -> Any:
     if isinstance(value, torch.Generator):
         return value.get_state()
-    if isinstance(value, Rule):
+    if isinstance(value, Component):
         return value.state_dict()
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
@@ -222,7 +230,7 @@ def require_finite(rule: str, name: str, x: torch.Tensor) -> None:
             "before aggregating")
 
 
-def check_updates(rule: Rule, updates: Any) -> torch.Tensor:
+def check_updates(rule: Component, updates: Any) -> torch.Tensor:
     """The (n, d) matrix of client deltas, validated; returned contiguous, detached, on CPU."""
     name = rule.name or type(rule).__name__
     if not isinstance(updates, torch.Tensor):
@@ -271,7 +279,7 @@ def _as_tensor(rule: str, key: str, value: Any, shape: tuple[int, ...]) -> torch
     return value
 
 
-def check_context(rule: Rule, updates: torch.Tensor, context: dict[str, Any]) -> Context:
+def check_context(rule: Component, updates: torch.Tensor, context: dict[str, Any]) -> Context:
     """Validate the context keys against ``updates`` (n, d); unknown keys are an error."""
     name = rule.name or type(rule).__name__
     unknown = sorted(set(context) - set(CONTEXT_KEYS))
@@ -311,7 +319,7 @@ def check_aggregation(rule: Rule, agg: Aggregation, shape: torch.Size) -> Aggreg
             f"{rule.name}: returned an update of shape {tuple(agg.update.shape)}, expected ({d},)")
     if not bool(torch.isfinite(update).all()):
         raise AggregatorError(f"{rule.name}: returned a non-finite update (a bug in the rule)")
-    for key in ("accepted", "weights"):
+    for key in ("accepted", "weights", "flagged"):
         value = getattr(agg, key)
         if value is not None and tuple(value.shape) != (n,):
             raise AggregatorError(
@@ -358,8 +366,11 @@ def rule_class(name: str) -> type[Rule]:
     return _REGISTRY[name]
 
 
-def resolve_inner(owner: str, inner: Rule | str, inner_params: Mapping[str, Any] | None) -> Rule:
-    """The inner rule of a pre-aggregator: a Rule instance, or a registered name + parameters."""
+def resolve_inner(owner: str, inner: Rule | str, inner_params: Mapping[str, Any] | None, *,
+                  stateless: bool = True) -> Rule:
+    """The inner rule of a composition: a Rule instance, or a registered name + parameters.
+    ``stateless``: refuse a rule with per-client history (a pre-aggregator hands it mixtures,
+    not the clients' own updates)."""
     if isinstance(inner, Rule):
         if inner_params:
             raise AggregatorError(
@@ -377,7 +388,7 @@ def resolve_inner(owner: str, inner: Rule | str, inner_params: Mapping[str, Any]
         raise AggregatorError(
             f"{owner}: inner must be an aggregator name or a Rule instance, got {inner!r}"
         )
-    if rule.stateful:
+    if stateless and rule.stateful:
         raise AggregatorError(
             f"{owner}: inner rule {rule.name!r} is stateful (per-client history), which the "
             f"pre-aggregated vectors cannot carry; choose a stateless inner rule"
@@ -419,6 +430,7 @@ __all__ = [
     "REQUIRED",
     "Aggregation",
     "AggregatorError",
+    "Component",
     "Context",
     "Param",
     "PreAggregator",

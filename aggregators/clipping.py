@@ -1,14 +1,24 @@
-"""Clipping rules: centred clipping (stateful) and norm bounding."""
+"""Clipping rules: centred clipping (stateful), norm bounding, adaptive robust clipping."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 
-from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
+from fedshield.aggregators.base import (
+    Aggregation,
+    AggregatorError,
+    Context,
+    Param,
+    PreAggregator,
+    Rule,
+    register,
+    resolve_inner,
+)
 from fedshield.aggregators.kernels import row_norms, weighted_sum
-from fedshield.aggregators.validation import positive, positive_int
+from fedshield.aggregators.validation import non_negative_int, positive, positive_int
 
 # Column block for the exact residual norms ‖x_i − v‖ (n·c float32 ≈ 4 MiB, stays in cache).
 _BLOCK_VALUES = 1 << 20
@@ -116,3 +126,68 @@ class NormClip(Rule):
         factors = torch.where(norms > bound, bound / norms.clamp(min=1e-300), 1.0)
         return Aggregation(update=weighted_sum(factors / n, x, rule=self.name), diagnostics={
             "bound": bound, "clip_factors": factors.tolist(), "clipped": int((factors < 1).sum())})
+
+
+def arc_clipped(n: int, f: int) -> int:
+    """ARC's number of clipped updates, k = ⌊2 (f/n) (n − f)⌋."""
+    return math.floor(2 * f * (n - f) / n)
+
+
+@register
+class ARC(PreAggregator):
+    """Adaptive Robust Clipping (Allouah, Guerraoui, Gupta, Pinot, Rizk, "Adaptive Gradient
+    Clipping for Robust Federated Learning", ICLR 2025, arXiv:2405.14432).
+
+    Sort the updates by norm; the k = ⌊2(f/n)(n − f)⌋ largest are clipped to the norm of the
+    largest one left unclipped (the (k+1)-th largest),
+
+        Δ_i ← Δ_i · min(1, C / ‖Δ_i‖),   C = ‖Δ_(k+1)‖ (norms in decreasing order),
+
+    then ``inner`` aggregates the clipped updates. One pass, O(nd). The clip level adapts to the
+    round (no τ to tune); since k ≥ f when n ≥ 2f, f updates of any scale are clipped to an honest
+    norm before the inner rule sees them. Ties in norm clip the lower index first. The clipped
+    rows are still the clients' own (scaled), so the whole context — sample counts, ids, the
+    reference — reaches the inner rule, and the inner rule's ``accepted`` / ``weights`` are the
+    clients'; a stateful inner rule is allowed.
+
+    Parameters
+    ----------
+    f : int ≥ 0
+        Number of Byzantine clients tolerated (n > 2f required).
+    inner : str or Rule
+        The rule applied to the clipped updates (any registered rule).
+    inner_params : dict, optional
+    """
+
+    name: ClassVar[str] = "arc"
+    parameters: ClassVar[dict[str, Param]] = {"f": Param(1, non_negative_int),
+                                              **PreAggregator.INNER}
+    examples: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"f": 1}, {"f": 2, "inner": "krum", "inner_params": {"f": 2}},
+        {"f": 1, "inner": "fedavg"})
+    requirement: ClassVar[str] = "n > 2f"
+
+    def setup(self) -> None:
+        self._inner = resolve_inner(self.name, self.inner, self.inner_params, stateless=False)
+        self.inner, self.inner_params = self._inner.name, self._inner.params()
+
+    def min_clients(self) -> int:
+        return max(2 * self.f + 1, self._inner.min_clients())
+
+    def aggregate(self, x: torch.Tensor, ctx: Context) -> Aggregation:
+        n = x.shape[0]
+        norms = row_norms(x)
+        k = arc_clipped(n, self.f)
+        factors = torch.ones(n, dtype=torch.float64)
+        level = None
+        if k > 0:
+            order = torch.sort(norms, descending=True, stable=True).indices
+            level = float(norms[order[k]])
+            factors[order[:k]] = clip_factors(norms[order[:k]], level)
+        clipped = x * factors.to(x.dtype)[:, None] if k > 0 else x
+        context = {key: getattr(ctx, key) for key in ("reference", "weights", "client_ids")
+                   if getattr(ctx, key) is not None}
+        result = self._inner(clipped, **context)
+        return Aggregation(update=result.update, accepted=result.accepted, weights=result.weights,
+                           diagnostics={"clipped": k, "clip_level": level,
+                                        "inner": result.diagnostics})

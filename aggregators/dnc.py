@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
+from fedshield.aggregators.detection import Detection, Detector, register_detector
 from fedshield.aggregators.kernels import random_columns, weighted_sum
 from fedshield.aggregators.validation import non_negative_int, positive, positive_int
 
@@ -72,9 +73,55 @@ def keep_lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
+_PARAMETERS: dict[str, Param] = {
+    "f": Param(1, non_negative_int),
+    "c": Param(1.0, positive),
+    "niters": Param(5, positive_int),
+    "b": Param(10_000, positive_int),
+    "seed": Param(0, non_negative_int),
+}
+
+
+@register_detector
+class DnCFilter(Detector):
+    """DnC's filter as a detector: flagged = outside ∩_t good_t (the fallback above included);
+    score = the fraction of iterations that dropped the client. Parameters as :class:`DnC`."""
+
+    name: ClassVar[str] = "dnc"
+    parameters: ClassVar[dict[str, Param]] = _PARAMETERS
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"f": 2, "b": 3, "niters": 2})
+
+    @property
+    def removed(self) -> int:
+        """Clients dropped per iteration, ⌊c·f⌋."""
+        return math.floor(self.c * self.f)
+
+    def min_clients(self) -> int:
+        return self.removed + 1
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def detect(self, updates: torch.Tensor, ctx: Context) -> Detection:
+        n, d = updates.shape
+        keep = n - self.removed
+        b = min(self.b, d)
+        votes = torch.zeros(n, dtype=torch.int64)
+        for _ in range(self.niters):
+            sub = random_columns(updates, b, self._generator)
+            votes += keep_lowest(outlier_scores(sub), keep)
+        good = votes == self.niters
+        fallback = not bool(good.any())
+        if fallback:
+            good = votes == votes.max()
+        return Detection(flags=~good, scores=1.0 - votes.double() / self.niters, diagnostics={
+            "votes": votes.tolist(), "subsample": b, "empty_intersection": fallback})
+
+
 @register
 class DnC(Rule):
-    """DnC (Shejwalkar & Houmansadr, NDSS 2021): spectral filtering on random coordinate subsets.
+    """DnC (Shejwalkar & Houmansadr, NDSS 2021): spectral filtering on random coordinate subsets,
+    then the mean of the kept deltas.
 
     Parameters
     ----------
@@ -91,42 +138,21 @@ class DnC(Rule):
     """
 
     name: ClassVar[str] = "dnc"
-    parameters: ClassVar[dict[str, Param]] = {
-        "f": Param(1, non_negative_int),
-        "c": Param(1.0, positive),
-        "niters": Param(5, positive_int),
-        "b": Param(10_000, positive_int),
-        "seed": Param(0, non_negative_int),
-    }
-    examples: ClassVar[tuple[dict[str, Any], ...]] = ({"f": 1}, {"f": 2, "b": 3, "niters": 2})
+    parameters: ClassVar[dict[str, Param]] = _PARAMETERS
+    examples: ClassVar[tuple[dict[str, Any], ...]] = DnCFilter.examples
 
-    @property
-    def removed(self) -> int:
-        """Clients dropped per iteration, ⌊c·f⌋."""
-        return math.floor(self.c * self.f)
+    def setup(self) -> None:
+        self._filter = DnCFilter(**self.params())
 
     def min_clients(self) -> int:
-        return self.removed + 1
+        return self._filter.min_clients()
 
     def reset(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._filter.reset()
 
     def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
-        n, d = updates.shape
-        keep = n - self.removed
-        b = min(self.b, d)
-        votes = torch.zeros(n, dtype=torch.int64)
-        for _ in range(self.niters):
-            sub = random_columns(updates, b, self._generator)
-            votes += keep_lowest(outlier_scores(sub), keep)
-        good = votes == self.niters
-        fallback = not bool(good.any())
-        if fallback:
-            good = votes == votes.max()
+        found = self._filter.detect(updates, ctx)
+        good = ~found.flags
         weights = good.to(torch.float64) / int(good.sum())
-        return Aggregation(
-            update=weighted_sum(weights, updates),
-            accepted=good,
-            weights=weights,
-            diagnostics={"votes": votes.tolist(), "subsample": b, "empty_intersection": fallback},
-        )
+        return Aggregation(update=weighted_sum(weights, updates), accepted=good, weights=weights,
+                           diagnostics=found.diagnostics)

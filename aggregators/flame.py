@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 import torch
 
 from fedshield.aggregators.base import Aggregation, AggregatorError, Context, Param, Rule, register
+from fedshield.aggregators.detection import Detection, Detector, register_detector
 from fedshield.aggregators.kernels import (
     clipped_mean,
-    cosine_similarity,
+    cosine_distances,
     majority_cluster,
     median_norm,
     row_norms,
@@ -39,6 +40,26 @@ def _cluster_size(rule: str, name: str, value: Any) -> int:
         raise AggregatorError(f"{rule}: {name} must be None (⌊n/2⌋+1) or an int >= 2, "
                               f"got {value!r}")
     return value
+
+
+@register_detector
+class FlameFilter(Detector):
+    """FLAME's filter (step 1 above) as a detector: every client outside HDBSCAN's largest
+    cluster of cosine distances is flagged; score = the client's median cosine distance to the
+    others."""
+
+    name: ClassVar[str] = "flame"
+    parameters: ClassVar[dict[str, Param]] = {"min_cluster_size": Param(None, _cluster_size)}
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"min_cluster_size": 2})
+
+    def detect(self, x: torch.Tensor, ctx: Context, norms: torch.Tensor | None = None
+               ) -> Detection:
+        n = x.shape[0]
+        distances = cosine_distances(x, norms)
+        size = self.min_cluster_size if self.min_cluster_size is not None else n // 2 + 1
+        admitted = torch.from_numpy(majority_cluster(distances.numpy(), size))
+        scores = distances.double().median(dim=1).values if n > 1 else torch.zeros(n)
+        return Detection(flags=~admitted, scores=scores.double())
 
 
 @register
@@ -63,17 +84,15 @@ class Flame(Rule):
     }
     examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"lam": 0.0, "min_cluster_size": 2})
 
+    def setup(self) -> None:
+        self._filter = FlameFilter(min_cluster_size=self.min_cluster_size)
+
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
-        n = updates.shape[0]
         norms = row_norms(updates)
-        distances = (1.0 - cosine_similarity(updates, norms)).clamp(0.0, 2.0)
-        distances = torch.round(distances, decimals=6)  # float32 rounding must not split ties
-        distances.fill_diagonal_(0.0)
-        size = self.min_cluster_size if self.min_cluster_size is not None else n // 2 + 1
-        accepted = torch.from_numpy(majority_cluster(distances.numpy(), size))
+        accepted = ~self._filter.detect(updates, ctx, norms).flags
         bound = median_norm(norms)
         kept = int(accepted.sum())
         mean = clipped_mean(updates, norms, accepted, bound)

@@ -225,6 +225,15 @@ def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) 
     return torch.where(both, cos, torch.zeros_like(cos))
 
 
+def cosine_distances(updates: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, n) 1 − cos(x_i, x_j) in [0, 2], rounded to 10⁻⁶ (float32 rounding must not split
+    ties), zero diagonal."""
+    distances = (1.0 - cosine_similarity(updates, norms)).clamp(0.0, 2.0)
+    distances = torch.round(distances, decimals=6)
+    distances.fill_diagonal_(0.0)
+    return distances
+
+
 def median_norm(norms: torch.Tensor) -> float:
     """Median of the norms; an even count averages the two middle values."""
     return float(np.median(norms.cpu().numpy()))

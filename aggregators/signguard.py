@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
+from fedshield.aggregators.detection import Detection, Detector, register_detector
 from fedshield.aggregators.kernels import clipped_mean, median_norm, random_columns, row_norms
 from fedshield.aggregators.validation import (
     choice,
@@ -58,9 +59,11 @@ def largest_cluster(labels: np.ndarray) -> np.ndarray:
     return labels == np.bincount(clustered).argmax()
 
 
-@register
-class SignGuard(Rule):
-    """SignGuard (Xu et al., ICDCS 2022): norm band, sign-statistics clustering, clipped mean.
+@register_detector
+class SignGuardFilter(Detector):
+    """SignGuard's filters (steps 1–2 above) as a detector: flagged = outside S (with the
+    fallbacks above); score = the norm's distance outside the band, in units of M, plus 1 for
+    a client outside the sign cluster.
 
     Parameters
     ----------
@@ -111,9 +114,10 @@ class SignGuard(Rule):
                 ).fit_predict(feats)
         return largest_cluster(labels)
 
-    def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
+    def detect(self, updates: torch.Tensor, ctx: Context,
+               norms: torch.Tensor | None = None) -> Detection:
         n, d = updates.shape
-        norms = row_norms(updates)
+        norms = row_norms(updates) if norms is None else norms
         bound = median_norm(norms)
         in_band = (norms >= self.lower * bound) & (norms <= self.upper * bound)
         size = min(d, max(1, math.ceil(self.fraction * d)))
@@ -123,15 +127,41 @@ class SignGuard(Rule):
         fallback = not bool(good.any())
         if fallback:
             good = in_band if bool(in_band.any()) else torch.ones(n, dtype=torch.bool)
-        mean = clipped_mean(updates, norms, good, bound)
+        scale = max(bound, 1e-300)
+        outside = (self.lower * bound - norms).clamp(min=0) + (norms - self.upper * bound).clamp(
+            min=0)
+        scores = outside / scale + (~in_cluster).double()
+        return Detection(flags=~good, scores=scores, diagnostics={
+            "clip_norm": bound,
+            "norm_rejected": int((~in_band).sum()),
+            "sign_rejected": int((~in_cluster).sum()),
+            "empty_intersection": fallback,
+        })
+
+
+@register
+class SignGuard(Rule):
+    """SignGuard (Xu et al., ICDCS 2022): norm band, sign-statistics clustering, clipped mean
+    (parameters: :class:`SignGuardFilter`)."""
+
+    name: ClassVar[str] = "signguard"
+    parameters: ClassVar[dict[str, Param]] = SignGuardFilter.parameters
+    examples: ClassVar[tuple[dict[str, Any], ...]] = SignGuardFilter.examples
+
+    def setup(self) -> None:
+        self._filter = SignGuardFilter(**self.params())
+
+    def reset(self) -> None:
+        self._filter.reset()
+
+    def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
+        norms = row_norms(updates)
+        found = self._filter.detect(updates, ctx, norms)
+        good = ~found.flags
+        bound = found.diagnostics["clip_norm"]
         return Aggregation(
-            update=mean,
+            update=clipped_mean(updates, norms, good, bound),
             accepted=good,
             weights=good.to(torch.float64) / int(good.sum()),
-            diagnostics={
-                "clip_norm": bound,
-                "norm_rejected": int((~in_band).sum()),
-                "sign_rejected": int((~in_cluster).sum()),
-                "empty_intersection": fallback,
-            },
+            diagnostics=found.diagnostics,
         )

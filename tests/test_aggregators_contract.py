@@ -87,8 +87,13 @@ def test_min_clients_is_exact(case):
     rule = create(name, **params)
     low = rule.min_clients()
     x = honest_rows(low)
-    agg = create(name, **params)(x, **rule_context(rule, x))
-    assert agg.update.shape == (x.shape[1],)
+    try:
+        agg = create(name, **params)(x, **rule_context(rule, x))
+        assert agg.update.shape == (x.shape[1],)
+    except AggregatorError as exc:
+        # a detector in front of a rule may flag rows: it then refuses the round (fail closed)
+        # rather than hand the inner rule fewer rows than it needs
+        assert name == "detect" and "round refused" in str(exc), exc
     if low > 1:
         y = x[: low - 1]
         with pytest.raises(AggregatorError, match=f"needs at least {low} clients"):
