@@ -14,7 +14,9 @@ order, exist only here:
 7. divergence: θ_{t+1} not finite, or every row of the round non-finite. The round is marked
    ``diverged`` and θ_t is kept; the run goes on from θ_t in both engines (a deployed server must
    not stop on one bad round, and the simulation behaves as the server does);
-8. shares, detection, norms and the training loss of the round.
+8. shares, detection, norms and the training loss of the round. Detection precision, recall and
+   FPR score a detector's ``flagged`` when the rule composes one (``detect``), else the rule's
+   ``accepted``.
 
 It returns one :class:`RoundRecord`; the ``rounds.jsonl`` row, the harness row
 (:meth:`RoundRecord.row`), the ledger payload (:meth:`RoundRecord.report`) and Flower's metric
@@ -340,6 +342,8 @@ class RoundCore:
         share, share_kind = (None, "none") if agg is None else malicious_share(
             agg, updates, mask, self.rule.name, self.rule.params())
         accepted = None if agg is None else agg.accepted
+        if agg is not None and agg.flagged is not None:  # a detector's own decision
+            accepted = ~agg.flagged
         return RoundRecord(
             round=rnd, rule=self.rule.name, rule_params=self.rule.params(),
             server_lr=self.server_lr, replies=replies, decisions=decisions,
