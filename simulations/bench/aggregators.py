@@ -9,8 +9,10 @@ process and the same run:
   (what any pairwise-distance rule must pay);
 - every fedshield rule on X (f = n // 5 where the rule takes f; FLTrust gets a fixed reference),
   the detecting defences included (FLAME, FoolsGold from an empty history, DnC with its default
-  b = 10,000 sampled coordinates, SignGuard, bucketing s = 2 + median, NNM + Krum), which have no
-  Flower counterpart ('—' in the Flower columns);
+  b = 10,000 sampled coordinates, SignGuard, bucketing s = 2 + median, NNM + Krum) and the
+  2022–2025 defences (ARC + median; FLDetector + median timed in its steady state, with its
+  history of earlier calls; FreqFed + median), which have no Flower counterpart ('—' in the
+  Flower columns);
 - ``stack`` = turning the replies into X once per round (shared by all rules, paid by the server);
 - Flower's ``Krum``, ``MultiKrum`` (m = n − f), ``FedMedian``, ``FedTrimmedAvg`` (β = f/n, the same
   trimming), ``Bulyan`` through their ``aggregate_train`` on fresh copies of the replies (they pop
@@ -70,7 +72,14 @@ RULES: dict[str, tuple[Callable[[int, int], dict[str, Any]], str, str | None]] =
     "signguard": (lambda n, f: {}, "pass", None),
     "bucketing": (lambda n, f: {"s": 2, "inner": "median"}, "pass", None),
     "nnm": (lambda n, f: {"f": f, "inner": "krum", "inner_params": {"f": f}}, "gram", None),
+    # the 2022-2025 defences (issue 15): ARC, and detectors in front of the median
+    "arc": (lambda n, f: {"f": f, "inner": "median"}, "pass", None),
+    "detect/fldetector": (lambda n, f: {"detector": "fldetector", "detector_params": {
+        "warmup": 0}, "inner": "median"}, "pass", None),
+    "detect/freqfed": (lambda n, f: {"detector": "freqfed", "inner": "median"}, "pass", None),
 }
+#: rules timed in their steady state (their per-client history built up), not after reset()
+STEADY = {"detect/fldetector"}
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int, *, warmup: bool,
@@ -176,11 +185,13 @@ def bench_size(n: int, d: int, *, repeats: int, flower_repeats: int, flower: boo
     reference = x[f:].mean(0)
     results: dict[str, torch.Tensor] = {}
     for name, (params, _, _) in RULES.items():
-        rule = aggregators.create(name, **params(n, f))
+        rule = aggregators.create(name.split("/")[0], **params(n, f))
         ctx = {"reference": reference} if rule.needs_reference else {}
 
-        def call(rule: aggregators.Rule = rule, ctx: dict[str, Any] = ctx) -> torch.Tensor:
-            rule.reset()
+        def call(rule: aggregators.Rule = rule, ctx: dict[str, Any] = ctx,
+                 steady: bool = name in STEADY) -> torch.Tensor:
+            if not steady:
+                rule.reset()
             return rule(x, **ctx).update
 
         res.ours[name], results[name] = _median_ms(call, repeats, warmup=True)

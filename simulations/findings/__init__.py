@@ -1,9 +1,11 @@
-"""``fedshield findings {fltrust,bucketing,alie-ipm} DIR``: check the published qualitative
-findings against a results directory, and print the measured tables beside the published values.
+"""``fedshield findings {fltrust,bucketing,alie-ipm,detection} DIR``: check the published
+qualitative findings against a results directory, and print the measured tables beside the
+published values.
 
 One module per reproduction, each with its paper, its pass criteria and its published table:
 :mod:`.fltrust` (preset ``fltrust-mnist``), :mod:`.bucketing` (``bucketing-mnist``) and
-:mod:`.alie_ipm` (``alie-ipm``); :mod:`.results` reads the cells.
+:mod:`.alie_ipm` (``alie-ipm``), :mod:`.detection` (``detection``, ``detection-mnist``: the
+detecting defences and their papers' claims); :mod:`.results` reads the cells.
 
 Results are read from the store's finished-cell records (``DIR/cells/<id>.json``: resolved
 config, summary, wall time). Every value is the mean over the seeds present. A finding whose
@@ -25,6 +27,7 @@ from fedshield.simulations.findings.bucketing import (
     bucketing_table,
     check_bucketing,
 )
+from fedshield.simulations.findings.detection import check_detection, detection_table
 from fedshield.simulations.findings.fltrust import (
     FLTRUST_ATTACKS,
     FLTRUST_RULES,
@@ -45,66 +48,13 @@ __all__ = ["BUCKETING_PUBLISHED", "FLTRUST_ATTACKS", "FLTRUST_RULES", "REPRODUCT
            "load_cells", "main"]
 
 # --------------------------------------------------------------------------------------------
-# Cells: one finished run of the results store, reduced to what the findings need
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------
 # Grouping over seeds
 # --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# Findings
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
 # Published values and the measured tables beside them
 # --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -130,6 +80,13 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         check_alie_ipm,
         error_table,
         "Test error; the papers give no directly comparable cells (qualitative anchors only).",
+    ),
+    "detection": Reproduction(
+        check_detection,
+        detection_table,
+        "Mean ± std over seeds: worst final accuracy over the attacks (that attack), backdoor "
+        "ASR, and per attack the recall / FPR of the rule's per-client decisions (mean over "
+        "rounds).",
     ),
 }
 

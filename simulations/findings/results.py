@@ -27,10 +27,25 @@ class Cell:
     rounds: int = 0
     seconds: float | None = None  # wall time of the cell
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # detection, mean over the cell's rounds (None for rules that decide nothing per client)
+    precision: float | None = None
+    recall: float | None = None
+    fpr: float | None = None
 
     @property
     def error(self) -> float:
         return 1.0 - self.accuracy
+
+    @property
+    def rule(self) -> str:
+        """A short name of the rule with its composition: ``fldetector+median``,
+        ``arc+median``, ``nnm+krum``; the registered name otherwise."""
+        params = self.config.get("aggregator_params") or {}
+        if self.aggregator == "detect":
+            return f"{params.get('detector', 'fldetector')}+{params.get('inner', 'median')}"
+        if "inner" in params or self.aggregator in ("arc", "bucketing", "nnm"):
+            return f"{self.aggregator}+{params.get('inner', 'median')}"
+        return self.aggregator
 
 
 def cell_from_record(record: dict[str, Any]) -> Cell:
@@ -62,6 +77,8 @@ def cell_from_record(record: dict[str, Any]) -> Cell:
         rounds=int(config.get("rounds", summary.get("rounds", 0))),
         seconds=None if seconds is None else float(seconds),
         config=dict(config),
+        **{key: None if summary.get(key) is None else float(summary[key])
+           for key in ("precision", "recall", "fpr")},
     )
 
 
