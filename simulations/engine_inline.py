@@ -118,9 +118,10 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
 
 
 def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None,
-               hooks: Hooks | None = None) -> RunResult:
+               hooks: Hooks | None = None, clients: list[int] | None = None) -> RunResult:
     """Run ``cfg`` to the end in this process and return its rounds and final vector.
-    ``hooks``: explicit timing hooks (:class:`fedshield.server.round.Hooks`) for benchmarks."""
+    ``hooks``: explicit timing hooks (:class:`fedshield.server.round.Hooks`) for benchmarks;
+    ``clients``: train only these partition ids (one FLCert group), every one every round."""
     from fedshield import aggregators
     from fedshield.clients.attacks import attack_from_config
     from fedshield.clients.attacks.adversary import adversary_stage
@@ -132,7 +133,7 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     hooks = hooks or NoHooks()
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
-    require_round_size(rule, cfg.per_round)
+    require_round_size(rule, cfg.per_round if clients is None else len(clients))
     attack = attack_from_config(cfg, task.dataset)
     malicious = set(cfg.malicious_ids())
     core = RoundCore(
@@ -145,7 +146,7 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     rows: list[dict[str, Any]] = []
     for rnd in range(1, cfg.rounds + 1):
         t_round = time.perf_counter()
-        pids = sample_clients(cfg, rnd)
+        pids = sample_clients(cfg, rnd) if clients is None else sorted(clients)
         with hooks.phase("train"):
             trained = train_round(task, pids, global_vec, rnd, cfg,
                                   {pid: data_attack for pid in pids if pid in malicious})

@@ -133,6 +133,41 @@ def asr_bars(cells: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def certified_curves(cells: list[dict[str, Any]], path: Path) -> Path | None:
+    """FLCert: certified accuracy vs the number m of malicious clients, one line per rule ×
+    attack (mean over seeds), beside each curve's ensemble accuracy at m = 0."""
+    curves = certified_means(cells)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = _colors(list(curves))
+    for name, values in curves.items():
+        ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.6, label=name,
+                color=colors[name])
+    ax.set_xlabel("malicious clients m")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.set_title("FLCert: accuracy certified against any m malicious clients", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def certified_means(cells: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """"rule × attack" → certified accuracy at m = 0, 1, … (mean over the cells' seeds)."""
+    groups: dict[str, list[list[float]]] = defaultdict(list)
+    for cell in cells:
+        values = cell["summary"].get("certified_accuracy")
+        if values:
+            groups[f"{cell['rule']} × {cell['attack']}"].append(values)
+    return {name: [sum(col) / len(col) for col in zip(*runs, strict=False)]
+            for name, runs in sorted(groups.items())}
+
+
 def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> dict[str, Path]:
     """Draw every plot for one report section; returns {title: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +179,8 @@ def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> di
         "accuracy heatmap": heatmap(cells, out_dir / f"heatmap{suffix}.png"),
     }
     files["attack success rate"] = asr_bars(cells, out_dir / f"asr{suffix}.png")
+    files["certified accuracy (FLCert)"] = certified_curves(
+        cells, out_dir / f"certified{suffix}.png")
     attacked = [a for a in attacks if a != "none"]
     if attacked:
         attacked_cells = [c for c in cells if not c.get("clean")]

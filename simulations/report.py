@@ -116,10 +116,31 @@ def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, s
         else 1000 * c["summary"]["aggregation_seconds"]), False))
     for name, grid, pct in sections:
         parts += ["", f"### {name}", "", grid.markdown(pct=pct, rules=order)]
+    certified = certified_table(cells)
+    if certified:
+        parts += ["", "### Certified accuracy (FLCert, %): correct and certified against any m "
+                  "malicious clients", "", certified]
     if plots:
         parts += ["", "### Plots", ""]
         parts += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(parts)
+
+
+def certified_table(cells: list[dict[str, Any]]) -> str:
+    """rule × attack rows, m = 0 … columns (m = 0 is the ensemble's accuracy); '' without
+    FLCert cells."""
+    from fedshield.simulations.plots import certified_means
+
+    curves = certified_means(cells)
+    if not curves:
+        return ""
+    width = max(len(v) for v in curves.values())
+    lines = ["| rule × attack | " + " | ".join(f"m={m}" for m in range(width)) + " |",
+             "|---|" + "---:|" * width]
+    for name, values in curves.items():
+        cols = [f"{100 * v:.1f}" for v in values] + [""] * (width - len(values))
+        lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def scenario_notes(cells: list[dict[str, Any]]) -> str:

@@ -109,10 +109,19 @@ class Scenario:
 
 
 # --- ids and labels -----------------------------------------------------------------------------
+#: run keys added after results stores existed: left out of a cell's id at their default, so
+#: that the cells of earlier sweeps keep their ids
+LATER_KEYS: dict[str, Any] = {"flcert_groups": 0}
+
+
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The run config as a plain dict, without ``output_dir`` (where results go is not what)."""
+    """The run config as a plain dict, without ``output_dir`` (where results go is not what)
+    and without the :data:`LATER_KEYS` at their defaults."""
     data = asdict(cfg)
     data.pop("output_dir", None)
+    for key, default in LATER_KEYS.items():
+        if data.get(key) == default:
+            data.pop(key)
     return data
 
 
@@ -267,6 +276,9 @@ def expand(scenario: Scenario) -> list[Cell]:
     for combo in itertools.product(*(scenario.run[a] for a in axes)):
         values = {**fixed, **dict(zip(axes, combo, strict=True))}
         cfg = resolve_config(values)
+        if cfg.flcert_groups and scenario.engine != "inline":
+            raise ScenarioError("flcert_groups runs on the inline engine only (one run per "
+                                "group); set engine = 'inline'")
         cell = Cell(config=cfg, engine=scenario.engine, axes=dict(zip(axes, combo, strict=True)))
         if cell.id in seen:
             raise ScenarioError(

@@ -57,6 +57,8 @@ class RunConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     malicious_fraction: float = 0.0
     num_malicious: int = -1  # >= 0 overrides malicious_fraction
+    # certification
+    flcert_groups: int = 0  # FLCert: k > 0 group models, majority vote (simulations.certify)
     # bookkeeping
     seed: int = 0
     eval_every: int = 1
@@ -102,6 +104,12 @@ class RunConfig:
         for key in ("shards_per_client", "min_partition_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        if not 0 <= self.flcert_groups <= self.num_clients:
+            raise ConfigError(f"flcert_groups must be in [0, num_clients = {self.num_clients}], "
+                              f"got {self.flcert_groups!r}")
+        if self.flcert_groups and self.clients_per_round not in (0, self.num_clients):
+            raise ConfigError("flcert_groups trains every client of a group every round; it "
+                              f"needs clients_per_round = 0, got {self.clients_per_round}")
 
     # --- derived: the adversary's size (the one definition) ------------------------------------
     @property
