@@ -176,10 +176,9 @@ def federation_size(grid: Grid, *, settle: float = 3.0,
 def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: bool = False,
                ledger_key: str | None = None) -> torch.Tensor:
     """Run ``cfg`` on ``grid``; returns the final global vector (also written to final.pt)."""
-    if cfg.flcert_groups:
-        raise ServerAppError("flcert-groups trains one model per client group and votes: it runs "
-                             "in the harness (fedshield sweep, inline engine), not on a "
-                             "ServerApp; set flcert-groups = 0")
+    if cfg.certify != "none":
+        raise ServerAppError(f"certify = {cfg.certify!r} runs in the harness (fedshield sweep, "
+                             "inline engine), not on a ServerApp; set certify = 'none'")
     task = get_task(cfg)
     rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
     per_round = cfg.per_round

@@ -118,10 +118,14 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
 
 
 def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None,
-               hooks: Hooks | None = None, clients: list[int] | None = None) -> RunResult:
+               hooks: Hooks | None = None, clients: list[int] | None = None,
+               post_step: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+               | None = None) -> RunResult:
     """Run ``cfg`` to the end in this process and return its rounds and final vector.
     ``hooks``: explicit timing hooks (:class:`fedshield.server.round.Hooks`) for benchmarks;
-    ``clients``: train only these partition ids (one FLCert group), every one every round."""
+    ``clients``: train only these partition ids (one FLCert group), every one every round;
+    ``post_step``: (round, new global) -> (the model evaluated this round, the model the next
+    round starts from) — CRFL's clipping and noise."""
     from fedshield import aggregators
     from fedshield.clients.attacks import attack_from_config
     from fedshield.clients.attacks.adversary import adversary_stage
@@ -156,15 +160,17 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
                       num_examples=float(r.num_examples), train_loss=float(r.loss), index=k)
             for k, (pid, r) in enumerate(zip(pids, trained.replies, strict=True))])
         del trained  # the round's (n, d) matrix is freed before the next round trains
-        global_vec = record.new_vec
+        global_vec = evaluated = record.new_vec
+        if post_step is not None:
+            evaluated, global_vec = post_step(rnd, global_vec)
         row = {**record.row(), "accuracy": None, "loss": None, "asr": None,
                "train_seconds": t_train}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             with hooks.phase("eval"):
-                row.update(evaluator(global_vec))
+                row.update(evaluator(evaluated))
         row["round_seconds"] = time.perf_counter() - t_round
         rows.append(row)
         if on_round is not None:
             on_round(row)
-    return RunResult(rounds=rows, final_vector=global_vec, malicious_ids=sorted(malicious),
+    return RunResult(rounds=rows, final_vector=evaluated, malicious_ids=sorted(malicious),
                      seconds=time.perf_counter() - start)

@@ -69,8 +69,8 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> dict[str, A
         "rounds": len(rows),
         "diverged": bool(diverged),
         "diverged_round": diverged[0] if diverged else None,
-        "certified_accuracy": next((r["certified_accuracy"] for r in reversed(rows)
-                                    if r.get("certified_accuracy") is not None), None),
+        "certified": next((r["certified"] for r in reversed(rows)
+                           if r.get("certified") is not None), None),
     }
 
 

@@ -134,22 +134,24 @@ def asr_bars(cells: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def certified_curves(cells: list[dict[str, Any]], path: Path) -> Path | None:
-    """FLCert: certified accuracy vs the number m of malicious clients, one line per rule ×
-    attack (mean over seeds), beside each curve's ensemble accuracy at m = 0."""
+    """Certified accuracy (FLCert: vs the number m of malicious clients; CRFL: vs the certified
+    radius), one line per rule × attack (mean over seeds where they share the x grid)."""
     curves = certified_means(cells)
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = _colors(list(curves))
-    for name, values in curves.items():
-        ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.6, label=name,
+    axes_names = set()
+    for name, (axis, xs, ys) in curves.items():
+        axes_names.add(axis)
+        ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, ms=3, lw=1.6, label=name,
                 color=colors[name])
-    ax.set_xlabel("malicious clients m")
+    ax.set_xlabel(" / ".join(sorted(axes_names)))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0.0, 1.0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.set_title("FLCert: accuracy certified against any m malicious clients", fontsize=10)
+    ax.set_title("certified accuracy: correct and provably unchanged by any attack up to x",
+                 fontsize=9)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -157,15 +159,23 @@ def certified_curves(cells: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def certified_means(cells: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """"rule × attack" → certified accuracy at m = 0, 1, … (mean over the cells' seeds)."""
-    groups: dict[str, list[list[float]]] = defaultdict(list)
+def certified_means(cells: list[dict[str, Any]]) -> dict[str, tuple[str, list[float], list[float]]]:
+    """"rule × attack" → (axis, x, certified accuracy), averaged over the seeds that share the
+    x grid (FLCert's m); a seed with its own grid (CRFL's radii) is a curve of its own."""
+    groups: dict[tuple[str, tuple[float, ...], str], list[list[float]]] = defaultdict(list)
+    seeds: dict[tuple[str, tuple[float, ...], str], list[int]] = defaultdict(list)
     for cell in cells:
-        values = cell["summary"].get("certified_accuracy")
-        if values:
-            groups[f"{cell['rule']} × {cell['attack']}"].append(values)
-    return {name: [sum(col) / len(col) for col in zip(*runs, strict=False)]
-            for name, runs in sorted(groups.items())}
+        found = cell["summary"].get("certified")
+        if found:
+            key = (f"{cell['rule']} × {cell['attack']}", tuple(found["x"]), found["axis"])
+            groups[key].append(found["accuracy"])
+            seeds[key].append(cell.get("config", {}).get("seed", 0))
+    names = [k[0] for k in groups]
+    out = {}
+    for key, runs in sorted(groups.items()):
+        name = key[0] if names.count(key[0]) == 1 else f"{key[0]} (seed {seeds[key][0]})"
+        out[name] = (key[2], list(key[1]), [sum(c) / len(c) for c in zip(*runs, strict=True)])
+    return out
 
 
 def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> dict[str, Path]:

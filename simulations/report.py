@@ -18,6 +18,7 @@ of final accuracy; ASR bars; malicious share of the aggregate over rounds.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import asdict
 from functools import cache
@@ -118,8 +119,9 @@ def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, s
         parts += ["", f"### {name}", "", grid.markdown(pct=pct, rules=order)]
     certified = certified_table(cells)
     if certified:
-        parts += ["", "### Certified accuracy (FLCert, %): correct and certified against any m "
-                  "malicious clients", "", certified]
+        parts += ["", "### Certified accuracy (%): correct and certified at x (FLCert: any m "
+                  "malicious clients; CRFL: any backdoor of magnitude up to the radius)", "",
+                  certified]
     if plots:
         parts += ["", "### Plots", ""]
         parts += [f"![{name}]({path})" for name, path in plots.items()]
@@ -127,20 +129,20 @@ def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, s
 
 
 def certified_table(cells: list[dict[str, Any]]) -> str:
-    """rule × attack rows, m = 0 … columns (m = 0 is the ensemble's accuracy); '' without
-    FLCert cells."""
+    """Certified accuracy (%) per rule × attack at up to 11 points of its x axis (FLCert: m
+    malicious clients, the first point is the ensemble's accuracy; CRFL: the radius, the first
+    point the smoothed model's accuracy); '' without certified cells."""
     from fedshield.simulations.plots import certified_means
 
-    curves = certified_means(cells)
-    if not curves:
-        return ""
-    width = max(len(v) for v in curves.values())
-    lines = ["| rule × attack | " + " | ".join(f"m={m}" for m in range(width)) + " |",
-             "|---|" + "---:|" * width]
-    for name, values in curves.items():
-        cols = [f"{100 * v:.1f}" for v in values] + [""] * (width - len(values))
-        lines.append(f"| {name} | " + " | ".join(cols) + " |")
-    return "\n".join(lines)
+    lines = []
+    for name, (axis, xs, ys) in certified_means(cells).items():
+        step = max(1, math.ceil((len(xs) - 1) / 10))
+        picks = sorted(set(range(0, len(xs), step)) | {len(xs) - 1})
+        lines += ["", f"{name} ({axis})", "",
+                  "| " + " | ".join(f"{xs[i]:.4g}" for i in picks) + " |",
+                  "|" + "---:|" * len(picks),
+                  "| " + " | ".join(f"{100 * ys[i]:.1f}" for i in picks) + " |"]
+    return "\n".join(lines).strip()
 
 
 def scenario_notes(cells: list[dict[str, Any]]) -> str:

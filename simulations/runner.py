@@ -105,10 +105,10 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(run_dir, ignore_errors=True)  # a killed earlier attempt
             cfg = cfg.with_updates(output_dir=run_dir)
         result = run_flower(cfg)
-    elif cfg.flcert_groups:
-        from fedshield.simulations.certify import run_flcert
+    elif cfg.certify != "none":
+        from fedshield.simulations.certify import run_certified
 
-        result = run_flcert(cfg)
+        result = run_certified(cfg)
     else:
         from fedshield.simulations.engine_inline import run_inline
 

@@ -55,7 +55,8 @@ HARNESS_KEYS: dict[str, Any] = {
 }
 ENGINES = ("inline", "flower")
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
-_TABLE_KEYS = {"aggregator": "aggregator_params", "attack": "attack_params"}
+_TABLE_KEYS = {"aggregator": "aggregator_params", "attack": "attack_params",
+               "certify": "certify_params"}
 PRESETS_DIR = Path(__file__).with_name("scenarios")
 
 
@@ -111,7 +112,7 @@ class Scenario:
 # --- ids and labels -----------------------------------------------------------------------------
 #: run keys added after results stores existed: left out of a cell's id at their default, so
 #: that the cells of earlier sweeps keep their ids
-LATER_KEYS: dict[str, Any] = {"flcert_groups": 0}
+LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}}
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -276,9 +277,16 @@ def expand(scenario: Scenario) -> list[Cell]:
     for combo in itertools.product(*(scenario.run[a] for a in axes)):
         values = {**fixed, **dict(zip(axes, combo, strict=True))}
         cfg = resolve_config(values)
-        if cfg.flcert_groups and scenario.engine != "inline":
-            raise ScenarioError("flcert_groups runs on the inline engine only (one run per "
-                                "group); set engine = 'inline'")
+        if cfg.certify != "none":
+            from fedshield.simulations.certify import certification
+
+            if scenario.engine != "inline":
+                raise ScenarioError(f"certify = {cfg.certify!r} runs on the inline engine only; "
+                                    "set engine = 'inline'")
+            try:
+                certification(cfg)
+            except ConfigError as exc:
+                raise ScenarioError(str(exc)) from None
         cell = Cell(config=cfg, engine=scenario.engine, axes=dict(zip(axes, combo, strict=True)))
         if cell.id in seen:
             raise ScenarioError(

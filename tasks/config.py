@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+#: the certification schemes of the harness (``simulations.certify``)
+CERTIFICATIONS = ("none", "flcert", "crfl")
+
 #: ``num-clients`` of a Flower app that follows the federation (as many clients as SuperNodes)
 FOLLOW_FEDERATION = 0
 
@@ -57,8 +60,9 @@ class RunConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     malicious_fraction: float = 0.0
     num_malicious: int = -1  # >= 0 overrides malicious_fraction
-    # certification
-    flcert_groups: int = 0  # FLCert: k > 0 group models, majority vote (simulations.certify)
+    # certification (simulations.certify): "none" | "flcert" | "crfl", and its parameters
+    certify: str = "none"
+    certify_params: dict[str, Any] = field(default_factory=dict)
     # bookkeeping
     seed: int = 0
     eval_every: int = 1
@@ -104,12 +108,8 @@ class RunConfig:
         for key in ("shards_per_client", "min_partition_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        if not 0 <= self.flcert_groups <= self.num_clients:
-            raise ConfigError(f"flcert_groups must be in [0, num_clients = {self.num_clients}], "
-                              f"got {self.flcert_groups!r}")
-        if self.flcert_groups and self.clients_per_round not in (0, self.num_clients):
-            raise ConfigError("flcert_groups trains every client of a group every round; it "
-                              f"needs clients_per_round = 0, got {self.clients_per_round}")
+        if self.certify not in CERTIFICATIONS:
+            raise ConfigError(f"certify must be one of {CERTIFICATIONS}, got {self.certify!r}")
 
     # --- derived: the adversary's size (the one definition) ------------------------------------
     @property
@@ -194,7 +194,7 @@ class RunConfig:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if key in ("aggregator_params", "attack_params"):
+    if key in ("aggregator_params", "attack_params", "certify_params"):
         if isinstance(value, dict):
             return dict(value)
         try:

@@ -10,6 +10,7 @@ import torch
 
 from fedshield.simulations import scenario as sc
 from fedshield.simulations.certify import (
+    FLCert,
     certified_accuracy,
     certified_radius,
     flcert_partition,
@@ -75,43 +76,59 @@ def test_flcert_runs_from_a_scenario_and_reports_certified_accuracy(tmp_path):
 
     scenario = sc.from_dict({
         "name": "flcert", "dataset": "digits", "num_clients": 12, "rounds": 2,
-        "flcert_groups": 3, "attack": ["none", "backdoor-patch"], "num_malicious": 2,
-        "workers": 1})
+        "certify": {"name": "flcert", "groups": 3}, "attack": ["none", "backdoor-patch"],
+        "num_malicious": 2, "workers": 1})
     cells = sc.expand(scenario)
     store = ResultsStore(tmp_path)
     run_sweep(scenario, cells, store, workers=1)
     records = {r["config"]["attack"]: r for r in store.load_cells()}
     for record in records.values():
         last = record["rounds"][-1]
-        certified = record["summary"]["certified_accuracy"]
+        assert record["summary"]["certified"]["x"] == [0, 1, 2, 3]
+        certified = record["summary"]["certified"]["accuracy"]
         assert len(certified) == 4 and certified == sorted(certified, reverse=True)
         assert certified[0] == last["accuracy"] == record["summary"]["final_accuracy"]
         assert len(last["group_accuracy"]) == 3 and last["group_sizes"] == [4, 4, 4]
         assert record["rounds"][0]["clients"] == 12
     assert records["backdoor-patch"]["summary"]["final_asr"] is not None
     report = write_report(tmp_path).read_text()
-    assert "Certified accuracy (FLCert" in report and "certified.png" in report
+    assert "### Certified accuracy" in report and "certified.png" in report
+    assert "fedavg × none (malicious clients)" in report
     assert json.dumps(records["none"]["summary"])  # plain JSON
 
 
-def test_flcert_is_refused_where_it_cannot_run():
-    with pytest.raises(ConfigError, match="clients_per_round = 0"):
-        RunConfig(num_clients=10, clients_per_round=5, flcert_groups=2)
-    with pytest.raises(ConfigError, match="flcert_groups must be in"):
-        RunConfig(num_clients=10, flcert_groups=11)
+@pytest.mark.parametrize(("values", "error"), [
+    ({"certify": "flcert", "certify_params": {"groups": 11}}, "groups must be in"),
+    ({"certify": "flcert", "certify_params": {"groups": 2}, "clients_per_round": 5},
+     "clients_per_round = 0"),
+    ({"certify": "flcert", "certify_params": {"grops": 2}}, "unknown parameter"),
+    ({"certify": "flcert", "certify_params": {"groups": 2.5}}, "finite int"),
+    ({"certify": "crfl", "certify_params": {}}, "model = 'logreg'"),
+    ({"certify": "crfl", "model": "logreg", "certify_params": {"sigma": -1}}, "sigma must be"),
+    ({"certify": "crfl", "model": "logreg", "certify_params": {"alpha": 1.0}}, "alpha"),
+])
+def test_certification_is_refused_where_it_cannot_run(values, error):
+    scenario = sc.from_dict({"num_clients": 10, **values})
+    with pytest.raises(sc.ScenarioError, match=error):
+        sc.expand(scenario)
+
+
+def test_certification_needs_the_inline_engine_and_a_known_scheme():
     with pytest.raises(sc.ScenarioError, match="inline engine only"):
-        sc.expand(sc.from_dict({"engine": "flower", "flcert_groups": 2}))
+        sc.expand(sc.from_dict({"engine": "flower", "certify": "flcert"}))
+    with pytest.raises(ConfigError, match="certify must be one of"):
+        RunConfig(certify="magic")
 
 
-def test_flcert_groups_stay_out_of_the_cell_id_at_their_default():
-    """Cells of sweeps run before FLCert existed keep their ids."""
+def test_certify_keys_stay_out_of_the_cell_id_at_their_default():
+    """Cells of sweeps run before certification existed keep their ids."""
     cfg = RunConfig()
-    assert "flcert_groups" not in sc.config_dict(cfg)
-    assert sc.cell_id(cfg) != sc.cell_id(cfg.with_updates(flcert_groups=2))
+    assert "certify" not in sc.config_dict(cfg) and "certify_params" not in sc.config_dict(cfg)
+    assert sc.cell_id(cfg) != sc.cell_id(cfg.with_updates(certify="flcert"))
 
 
 def test_the_ensemble_votes_its_group_models():
-    cfg = RunConfig(dataset="digits", num_clients=6, rounds=1, flcert_groups=1)
-    result = run_flcert(cfg)
-    assert result.rounds[-1]["certified_accuracy"][0] == pytest.approx(
+    cfg = RunConfig(dataset="digits", num_clients=6, rounds=1, certify="flcert")
+    result = run_flcert(cfg, FLCert(groups=1))
+    assert result.rounds[-1]["certified"]["accuracy"][0] == pytest.approx(
         result.rounds[-1]["group_accuracy"][0])  # one model: the vote is its prediction
