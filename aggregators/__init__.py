@@ -17,6 +17,7 @@ from fedshield.aggregators import fltrust as fltrust
 from fedshield.aggregators import foolsgold as foolsgold
 from fedshield.aggregators import freqfed as freqfed
 from fedshield.aggregators import geomed as geomed
+from fedshield.aggregators import indicator as indicator
 from fedshield.aggregators import krum as krum
 from fedshield.aggregators import mean as mean
 from fedshield.aggregators import nnm as nnm

@@ -117,6 +117,18 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     return RoundUpdates(updates=updates, replies=replies)
 
 
+def _indicator(rule: Any, task: Any, cfg: RunConfig) -> Any | None:
+    """BackdoorIndicator's planter, bound to the rule's detector, when the rule composes one."""
+    from fedshield.server.indicator import IndicatorPlanter, indicator_detector
+
+    detector = indicator_detector(rule)
+    if detector is None:
+        return None
+    planter = IndicatorPlanter(task, cfg.dataset, detector.params(), cfg.seed)
+    detector.bind(planter.check)
+    return planter
+
+
 def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None,
                hooks: Hooks | None = None, clients: list[int] | None = None,
                post_step: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -145,12 +157,16 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
         reference_fn=(lambda rnd, g: server_reference(task, g, rnd, cfg))
         if rule.needs_reference else None, hooks=hooks, hashes=False)
     evaluator = GlobalEvaluator(task, attack if malicious else None)
+    planter = _indicator(rule, task, cfg)
     data_attack = attack if attack is not None and attack.kind == "data" else None
     global_vec = task.initial_vector().clone()
     rows: list[dict[str, Any]] = []
     for rnd in range(1, cfg.rounds + 1):
         t_round = time.perf_counter()
         pids = sample_clients(cfg, rnd) if clients is None else sorted(clients)
+        if planter is not None:  # BackdoorIndicator: the round's global model is the planted one
+            with hooks.phase("train"):
+                global_vec = planter.plant(global_vec, rnd)
         with hooks.phase("train"):
             trained = train_round(task, pids, global_vec, rnd, cfg,
                                   {pid: data_attack for pid in pids if pid in malicious})

@@ -27,6 +27,15 @@ DETECTOR_CASES = [(name, params) for name in available_detectors()
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(DETECTOR_CASES)]
 
 
+def built(name: str, params: dict) -> object:
+    """The detector, with a stand-in check bound when it needs the server's model (the
+    indicator's accuracy of a delta: a fixed, finite function of it)."""
+    detector = create_detector(name, **params)
+    if getattr(detector, "needs_binding", False):
+        detector.bind(lambda delta: float(torch.sigmoid(delta.double().mean())))
+    return detector
+
+
 def honest(n: int, d: int = 12, seed: int = 0, spread: float = 0.1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.ones(d) + spread * torch.randn(n, d, generator=g)
@@ -34,7 +43,8 @@ def honest(n: int, d: int = 12, seed: int = 0, spread: float = 0.1) -> torch.Ten
 
 # --- the detector contract, over every registered detector --------------------------------------
 def test_every_detector_has_examples():
-    assert {"flame", "dnc", "signguard", "fldetector", "freqfed"} <= set(available_detectors())
+    assert {"flame", "dnc", "signguard", "fldetector", "freqfed", "backdoor-indicator"} <= set(
+        available_detectors())
     for name in available_detectors():
         assert detector_class(name).examples, name
 
@@ -42,7 +52,7 @@ def test_every_detector_has_examples():
 @pytest.mark.parametrize("case", DETECTOR_CASES, ids=IDS)
 def test_detector_returns_flags_and_scores_per_client(case):
     name, params = case
-    detector = create_detector(name, **params)
+    detector = built(name, params)
     n = max(detector.min_clients(), 8)
     for _ in range(3):  # stateful detectors: several rounds
         found = detector(honest(n), client_ids=list(range(100, 100 + n)))
@@ -54,7 +64,7 @@ def test_detector_returns_flags_and_scores_per_client(case):
 @pytest.mark.parametrize("case", DETECTOR_CASES, ids=IDS)
 def test_detector_validates_like_a_rule(case):
     name, params = case
-    detector = create_detector(name, **params)
+    detector = built(name, params)
     x = honest(max(detector.min_clients(), 4))
     x[1, 2] = float("nan")
     with pytest.raises(AggregatorError, match="NaN/Inf in rows \\[1\\]"):
@@ -68,7 +78,7 @@ def test_detector_validates_like_a_rule(case):
 @pytest.mark.parametrize("case", DETECTOR_CASES, ids=IDS)
 def test_detector_state_is_plain_data_and_restores(case):
     name, params = case
-    first, second = create_detector(name, **params), create_detector(name, **params)
+    first, second = built(name, params), built(name, params)
     n = max(first.min_clients(), 8)
     for seed in range(3):
         first(honest(n, seed=seed))

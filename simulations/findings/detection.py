@@ -33,7 +33,8 @@ from fedshield.simulations.findings.results import (
 )
 
 DETECTION_RULES = ("fedavg", "flame", "foolsgold", "dnc", "signguard", "bucketing+median",
-                   "nnm+krum", "arc+median", "fldetector+median", "freqfed+fedavg")
+                   "nnm+krum", "arc+median", "fldetector+median", "freqfed+fedavg",
+                   "backdoor-indicator+fedavg")
 DETECTION_ATTACKS = ("none", "alie", "ipm", "backdoor-patch", "scaling", "minmax")
 FREQFED_SOURCE = "Fereidooni et al. NDSS'24"
 FLDETECTOR_SOURCE = "Zhang et al. KDD'22"
