@@ -53,7 +53,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedshield import aggregators
-from fedshield.aggregators import Rule
+from fedshield.aggregators import Detector, Rule
 from fedshield.server.checkpoint import Checkpoint, CheckpointStore, RowLog
 from fedshield.server.ledger import Ledger
 from fedshield.server.round import AdversaryFn, ReferenceFn, RoundCore, RoundRecord, jsonable
@@ -76,6 +76,10 @@ class RobustStrategy(FedAvg):
     """FedAvg's sampling and messaging, robust aggregation of deltas (see module docstring).
 
     aggregator:  a ``Rule`` instance or a registered name (``aggregator_params`` = its params).
+    detector:    optional: a ``Detector`` instance or a registered detector name
+                 (``detector_params`` = its params) run before the rule, which then aggregates
+                 the unflagged updates (``aggregators.create("detect", ...)``); the round's
+                 detection counts read the detector's flags.
     server_lr:   η in θ_{t+1} = θ_t + η · A(Δ).
     reference_fn: (round, θ_t) -> reference delta; required when the rule needs one (FLTrust).
     adversary:   simulation-only colluding stage (round, updates (n,d), malicious (n,)) -> the
@@ -103,6 +107,8 @@ class RobustStrategy(FedAvg):
         aggregator: Rule | str = "fedavg",
         aggregator_params: dict[str, Any] | None = None,
         *,
+        detector: Detector | str | None = None,
+        detector_params: dict[str, Any] | None = None,
         server_lr: float = 1.0,
         reference_fn: ReferenceFn | None = None,
         adversary: AdversaryFn | None = None,
@@ -131,6 +137,17 @@ class RobustStrategy(FedAvg):
             aggregator = aggregators.create(aggregator, **(aggregator_params or {}))
         elif aggregator_params:
             raise StrategyError("aggregator_params only apply when aggregator is given by name")
+        if detector is not None:
+            if isinstance(detector, Detector) and detector_params:
+                raise StrategyError("detector_params only apply when detector is given by name")
+            if getattr(detector, "needs_binding", False) or detector == "backdoor-indicator":
+                raise StrategyError("backdoor-indicator plants its indicator in the global model "
+                                    "each round: it runs in the harness's inline engine, not in "
+                                    "RobustStrategy")
+            aggregator = aggregators.create("detect", detector=detector,
+                                            detector_params=detector_params, inner=aggregator)
+        elif detector_params:
+            raise StrategyError("detector_params need a detector")
         if not isinstance(aggregator, Rule):
             raise StrategyError(f"aggregator must be a Rule or a name, got {type(aggregator)}")
         if not server_lr > 0:

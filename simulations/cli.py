@@ -71,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path)
     p.add_argument("--out", type=Path, default=None, help="report path (default DIR/report.md)")
 
-    p = sub.add_parser("list", help="rules, attacks, datasets, partitions, models, scenarios")
+    p = sub.add_parser("list", help="rules, detectors, attacks, datasets, partitions, models, "
+                                    "scenarios")
     p.add_argument("what", nargs="?", default="all",
-                   choices=("all", "rules", "attacks", "datasets", "partitions", "models",
-                            "scenarios"))
+                   choices=("all", *LIST_SECTIONS))
 
     p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling")
     p.add_argument("target", choices=tuple(BENCHES))
@@ -284,12 +284,14 @@ def _fmt(value: Any) -> str:
 
 
 # --- list / ledger --------------------------------------------------------------------------------
+LIST_SECTIONS = ("rules", "detectors", "attacks", "datasets", "partitions", "models", "scenarios")
+
+
 def cmd_list(what: str) -> int:
     from rich.console import Console
 
     console = Console()
-    sections = ("rules", "attacks", "datasets", "partitions", "models", "scenarios")
-    for section in sections if what == "all" else (what,):
+    for section in LIST_SECTIONS if what == "all" else (what,):
         console.print(f"[bold]{section}[/]")
         for name, detail in _listing(section):
             console.print(f"  {name:<18} {detail}", highlight=False, markup=False,
@@ -309,6 +311,12 @@ def _listing(section: str) -> list[tuple[str, str]]:
                 detail = _params_text({**params, "f": "<required>"})
             out.append((name, detail))
         return out
+    if section == "detectors":
+        from fedshield import aggregators
+
+        return [(name, _params_text(aggregators.create_detector(name).params())
+                 + " — compose: {name = 'detect', detector = '" + name + "', inner = <rule>}")
+                for name in aggregators.available_detectors()]
     if section == "attacks":
         from fedshield.clients.attacks import available_attacks
 

@@ -13,7 +13,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from helpers_flower import error_reply, flat, global_record, reply
 
-from fedshield.aggregators import Aggregation, Param, Rule
+from fedshield.aggregators import Aggregation, AggregatorError, Param, Rule
 from fedshield.server.checkpoint import CheckpointStore
 from fedshield.server.ledger import Ledger, verify_ledger
 from fedshield.server.strategy import RobustStrategy, StrategyError
@@ -508,3 +508,27 @@ def test_a_round_checkpoints_the_buffers_it_returns(tmp_path):
     saved = store.latest().meta["buffers"]
     assert saved["bn.num_batches_tracked"].item() == 12
     np.testing.assert_array_equal(saved["bn.running_var"].numpy(), new["bn.running_var"].numpy())
+
+
+def test_a_detector_runs_before_the_rule_and_its_flags_are_the_decisions():
+    """RobustStrategy(aggregator="median", detector="dnc"): DnC flags the f = 1 outlier, the
+    median aggregates the other rows, and the report says which client was flagged."""
+    strategy = RobustStrategy("median", detector="dnc", detector_params={"f": 1})
+    assert strategy.rule.name == "detect" and strategy.rule.params()["inner"] == "median"
+    deltas = [np.full(9, v, dtype=np.float32) + 0.01 * k for k, v in
+              enumerate([1.0, 1.1, 0.9, 1.05, -50.0])]
+    arrays, _ = run_round(strategy, [reply(11 + k, d, pid=k, malicious=k == 4)
+                                     for k, d in enumerate(deltas)])
+    assert np.allclose(flat(arrays) - flat(global_record()), np.median(np.stack(deltas[:4]), 0))
+    clients = strategy.reports[1]["clients"]
+    assert [c["status"] for c in clients] == ["accepted"] * 4 + ["excluded"]
+    assert strategy.reports[1]["diagnostics"]["flagged"] == 1
+
+
+def test_detector_configuration_errors():
+    with pytest.raises(StrategyError, match="detector_params need a detector"):
+        RobustStrategy("median", detector_params={"f": 1})
+    with pytest.raises(StrategyError, match="harness's inline engine"):
+        RobustStrategy("median", detector="backdoor-indicator")
+    with pytest.raises(AggregatorError, match="detector must be a detector name.*got 'nope'"):
+        RobustStrategy("median", detector="nope")
