@@ -530,5 +530,5 @@ def test_detector_configuration_errors():
         RobustStrategy("median", detector_params={"f": 1})
     with pytest.raises(StrategyError, match="harness's inline engine"):
         RobustStrategy("median", detector="backdoor-indicator")
-    with pytest.raises(AggregatorError, match="detector must be a detector name.*got 'nope'"):
+    with pytest.raises(AggregatorError, match=r"detector must be a detector name.*got 'nope'"):
         RobustStrategy("median", detector="nope")
