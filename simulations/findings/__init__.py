@@ -84,9 +84,9 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "detection": Reproduction(
         check_detection,
         detection_table,
-        "Mean ± std over seeds: worst final accuracy over the attacks (that attack), backdoor "
-        "ASR, and per attack the recall / FPR of the rule's per-client decisions (mean over "
-        "rounds).",
+        "Mean ± std over seeds: worst final accuracy over the attacks (that attack), the "
+        "targeted attacks' ASR, the FPR without attack; then recall, FPR and precision of the "
+        "rule's per-client decisions per attack (each a mean over the cell's rounds).",
     ),
 }
 

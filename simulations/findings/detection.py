@@ -15,7 +15,11 @@ Claims checked (from the papers' abstracts and evaluation sections):
   FPR ≤ 0.1 under the scaling attack and under an untargeted model-poisoning attack (Min-Max
   here; the paper uses Trim and Krum attacks);
 - (D3) the detecting defences keep a model that works under every attack: worst accuracy within
-  5 points of FedAvg's accuracy without attack (the common claim of FLAME, FreqFed, FLDetector).
+  5 points of FedAvg's accuracy without attack (the common claim of FLAME, FreqFed, FLDetector);
+- (D4) BackdoorIndicator (Li & Dai, USENIX Sec'24): backdoors are detected — patch-backdoor and
+  scaling ASR ≤ 0.05.
+
+A claim whose rule is not in the results directory is reported as missing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ DETECTION_RULES = ("fedavg", "flame", "foolsgold", "dnc", "signguard", "bucketin
 DETECTION_ATTACKS = ("none", "alie", "ipm", "backdoor-patch", "scaling", "minmax")
 FREQFED_SOURCE = "Fereidooni et al. NDSS'24"
 FLDETECTOR_SOURCE = "Zhang et al. KDD'22"
+INDICATOR_SOURCE = "Li & Dai USENIX Sec'24"
 
 
 def _cells(results: Results, rule: str, attack: str) -> list[Cell]:
@@ -65,37 +70,55 @@ def rules(results: Results) -> list[str]:
 
 
 def detection_table(results: Results) -> str:
+    """Four tables: per rule the worst accuracy, the targeted attacks' ASR and the FPR without
+    attack; then recall, FPR and precision per rule × attack (mean ± std over seeds)."""
     attacks = [a for a in ordered(results.attacks(), DETECTION_ATTACKS) if a != "none"]
     targeted = [a for a in ("backdoor-patch", "scaling") if a in attacks]
-    head = ["rule", "worst accuracy %", *(f"{a} ASR %" for a in targeted),
-            "FPR, no attack", *(f"{a} recall / FPR" for a in attacks)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["rule", "worst accuracy %", *(f"{a} ASR %" for a in targeted), "FPR, no attack"]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for rule in rules(results):
         worst = worst_accuracy(results, rule)
         row = [rule, "—" if worst is None else f"{worst[0].fmt(1, 100)} ({worst[1]})"]
         for attack in targeted:
-            asr = _stat(_cells(results, rule, attack), lambda c: c.asr)
-            row.append("—" if asr is None else asr.fmt(1, 100))
-        clean = _stat(_cells(results, rule, "none"), lambda c: c.fpr)
-        row.append("—" if clean is None else clean.fmt(2))
-        for attack in attacks:
-            cells = _cells(results, rule, attack)
-            recall, fpr = _stat(cells, lambda c: c.recall), _stat(cells, lambda c: c.fpr)
-            row.append("—" if recall is None or fpr is None
-                       else f"{recall.mean:.2f} / {fpr.mean:.2f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            row.append(_fmt(_stat(_cells(results, rule, attack), lambda c: c.asr), 1, 100))
+        row.append(_fmt(_stat(_cells(results, rule, "none"), lambda c: c.fpr), 2))
+        lines.append(_row(row))
+    parts = ["\n".join(lines)]
+    for title, key in (("recall", "recall"), ("false-positive rate", "fpr"),
+                       ("precision", "precision")):
+        table = [f"Detection {title} per attack (mean over rounds; — for rules that decide "
+                 "nothing per client)", "", _row(["rule", *attacks]),
+                 "|" + "---|" * (len(attacks) + 1)]
+        for rule in rules(results):
+            stats = [_stat(_cells(results, rule, a), lambda c, k=key: getattr(c, k))
+                     for a in attacks]
+            if all(st is None for st in stats):
+                continue
+            table.append(_row([rule, *(_fmt(st, 2) for st in stats)]))
+        parts.append("\n".join(table))
+    return "\n\n".join(parts)
+
+
+def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
+    return "—" if stat is None else stat.fmt(digits, scale)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def check_detection(results: Results) -> list[Finding]:
     """(D1)–(D3) of the module docstring."""
     r = results
 
-    def freqfed_backdoor() -> tuple[bool, str]:
-        asr = {a: need(_stat(_cells(r, "freqfed+fedavg", a), lambda c: c.asr),
-                       f"freqfed+fedavg × {a}") for a in ("backdoor-patch", "scaling")}
-        return all(v <= 0.05 for v in asr.values()), ", ".join(
-            f"{a} ASR {v:.3f}" for a, v in asr.items())
+    def stops_backdoors(rule: str) -> Callable[[], tuple[bool, str]]:
+        def check() -> tuple[bool, str]:
+            asr = {a: need(_stat(_cells(r, rule, a), lambda c: c.asr), f"{rule} × {a}")
+                   for a in ("backdoor-patch", "scaling")}
+            return all(v <= 0.05 for v in asr.values()), ", ".join(
+                f"{a} ASR {v:.3f}" for a, v in asr.items())
+
+        return check
 
     def fldetector_detects() -> tuple[bool, str]:
         parts, ok = [], True
@@ -122,9 +145,11 @@ def check_detection(results: Results) -> list[Finding]:
 
     return [
         finding("freqfed-stops-backdoors", "FreqFed: patch-backdoor and scaling ASR ≤ 0.05",
-                FREQFED_SOURCE, freqfed_backdoor),
+                FREQFED_SOURCE, stops_backdoors("freqfed+fedavg")),
         finding("fldetector-detects", "FLDetector: recall ≥ 0.9, FPR ≤ 0.1 under scaling and "
                 "an untargeted attack (Min-Max)", FLDETECTOR_SOURCE, fldetector_detects),
         finding("detectors-keep-accuracy", "every detector's worst accuracy within 5 points of "
                 "FedAvg without attack", "FLAME, FreqFed, FLDetector papers", accuracy_kept),
+        finding("indicator-stops-backdoors", "BackdoorIndicator: patch-backdoor and scaling ASR "
+                "≤ 0.05", INDICATOR_SOURCE, stops_backdoors("backdoor-indicator+fedavg")),
     ]
