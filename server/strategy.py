@@ -55,6 +55,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedshield import aggregators
 from fedshield.aggregators import Detector, Rule
 from fedshield.server.checkpoint import Checkpoint, CheckpointStore, RowLog
+from fedshield.server.indicator import indicator_detector
 from fedshield.server.ledger import Ledger
 from fedshield.server.round import AdversaryFn, ReferenceFn, RoundCore, RoundRecord, jsonable
 from fedshield.server.validation import (
@@ -140,14 +141,14 @@ class RobustStrategy(FedAvg):
         if detector is not None:
             if isinstance(detector, Detector) and detector_params:
                 raise StrategyError("detector_params only apply when detector is given by name")
-            if getattr(detector, "needs_binding", False) or detector == "backdoor-indicator":
-                raise StrategyError("backdoor-indicator plants its indicator in the global model "
-                                    "each round: it runs in the harness's inline engine, not in "
-                                    "RobustStrategy")
             aggregator = aggregators.create("detect", detector=detector,
                                             detector_params=detector_params, inner=aggregator)
         elif detector_params:
             raise StrategyError("detector_params need a detector")
+        if indicator_detector(aggregator) is not None:
+            raise StrategyError("backdoor-indicator plants its indicator in the global model "
+                                "each round: it runs in the harness's inline engine, not in "
+                                "RobustStrategy")
         if not isinstance(aggregator, Rule):
             raise StrategyError(f"aggregator must be a Rule or a name, got {type(aggregator)}")
         if not server_lr > 0:

@@ -365,6 +365,11 @@ def validate_components(cells: list[Cell]) -> None:
             rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
         except aggregators.AggregatorError as exc:
             raise ScenarioError(f"aggregator: {exc}") from None
+        if cell.engine != "inline" and getattr(getattr(rule, "_detector", None),
+                                               "needs_binding", False):
+            raise ScenarioError(f"aggregator {cell.rule_label}: backdoor-indicator plants its "
+                                "indicator each round in the inline engine; set engine = "
+                                "'inline'")
         per_round = cfg.clients_per_round or cfg.num_clients
         if rule.min_clients() > per_round:
             raise ScenarioError(

@@ -74,3 +74,15 @@ def test_the_harness_plants_and_checks_every_round():
     for row in result.rounds:
         assert row["fpr"] is not None and row["recall"] is not None
         assert row["accuracy"] is not None
+
+
+def test_the_flower_engine_and_robust_strategy_refuse_it():
+    from fedshield.server.strategy import RobustStrategy, StrategyError
+    from fedshield.simulations import scenario as sc
+
+    spec = {"name": "detect", "detector": "backdoor-indicator", "inner": "fedavg"}
+    cells = sc.expand(sc.from_dict({"engine": "flower", "aggregator": spec}))
+    with pytest.raises(sc.ScenarioError, match="set engine = 'inline'"):
+        sc.validate_components(cells)
+    with pytest.raises(StrategyError, match="harness's inline engine"):
+        RobustStrategy(create("detect", detector="backdoor-indicator", inner="fedavg"))
