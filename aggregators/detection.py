@@ -197,7 +197,9 @@ class Detect(Rule):
                 f"detect: {self._detector.name} flagged {int(found.flags.sum())} of "
                 f"{x.shape[0]} updates; the {rows.numel()} left are fewer than "
                 f"{self._inner.name} needs ({self._inner.min_clients()}): round refused")
-        result = self._inner(x.index_select(0, rows), **_context(ctx, rows))
+        everyone = rows.numel() == x.shape[0]  # nothing flagged: no (n, d) copy
+        result = self._inner(x if everyone else x.index_select(0, rows),
+                             **_context(ctx, None if everyone else rows))
         self._detector.observe(result.update)
         n = x.shape[0]
         accepted = kept.clone()

@@ -26,11 +26,11 @@ the detector is deterministic; the reference sets come from a generator seeded w
 
 State (checkpointed with the rule, plain data): each client's last update and last N normalised
 distances, keyed by the authenticated ``client_ids`` (row positions without them); the N
-(s, y) pairs and the last aggregate. Nothing is flagged before ``warmup`` rounds have been
-observed, nor for a client seen for the first time (score 0). The paper removes the detected
-clients for good and restarts training; here detection is per round (as FLPoison does), and a
-composing rule decides what to do with the flags. Memory: one d-vector per client ever seen,
-plus 2N d-vectors.
+(s, y) pairs (two (N, d) ring buffers) and the last aggregate. Nothing is flagged before
+``warmup`` rounds have been observed, nor for a client seen for the first time (score 0). The
+paper removes the detected clients for good and restarts training; here detection is per round
+(as FLPoison does), and a composing rule decides what to do with the flags. Memory: one
+d-vector per client ever seen, plus 2N + 1 float64 d-vectors.
 """
 
 from __future__ import annotations
@@ -46,28 +46,40 @@ from fedshield.aggregators.detection import Detection, Detector, register_detect
 from fedshield.aggregators.validation import non_negative_int, positive_int
 
 
-def lbfgs_product(s: list[torch.Tensor], y: list[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
-    """B v for the compact L-BFGS approximation B of the pairs (s_k, y_k) (module docstring);
-    0 when there is no usable pair (no pair, σ not finite and positive, or M singular)."""
-    if not s:
-        return torch.zeros_like(v)
-    S = torch.stack(s, dim=1).double()  # (d, m)
-    Y = torch.stack(y, dim=1).double()
+def lbfgs_product(S: torch.Tensor, Y: torch.Tensor, v: torch.Tensor,
+                  order: list[int] | None = None, *, ss_all: torch.Tensor | None = None,
+                  sy_all: torch.Tensor | None = None) -> torch.Tensor:
+    """B v for the compact L-BFGS approximation B of the pairs (s_k, y_k) (module docstring):
+    ``S``, ``Y`` (m, d) hold the pairs as rows, ``order`` their rows oldest first (default: as
+    stored; the detector keeps them in a ring buffer); ``ss_all`` = S Sᵀ and ``sy_all`` = S Yᵀ
+    when already known (the detector updates them one pair at a time). 0 when there is no usable
+    pair (none, σ not finite and positive, or M singular). No (d, m) copy is made."""
+    order = list(range(S.shape[0])) if order is None else order
+    if not order:
+        return torch.zeros_like(v, dtype=torch.float64)
     v = v.double()
-    ss_last = float(S[:, -1] @ S[:, -1])
-    sigma = float(Y[:, -1] @ S[:, -1]) / ss_last if ss_last > 0 else float("nan")
+    rows = torch.tensor(order)
+    ss_all = S @ S.T if ss_all is None else ss_all  # (m, m) in storage order
+    sy_all = S @ Y.T if sy_all is None else sy_all
+    ss, sy = ss_all[rows][:, rows], sy_all[rows][:, rows]  # chronological
+    newest = order[-1]
+    ss_last = float(ss_all[newest, newest])
+    sigma = float(sy_all[newest, newest]) / ss_last if ss_last > 0 else float("nan")
     if not (np.isfinite(sigma) and sigma > 0):
         return torch.zeros_like(v)
-    sy = S.T @ Y
     lower = torch.tril(sy, diagonal=-1)
-    middle = torch.cat([torch.cat([sigma * (S.T @ S), lower], dim=1),
+    middle = torch.cat([torch.cat([sigma * ss, lower], dim=1),
                         torch.cat([lower.T, -torch.diag(torch.diagonal(sy))], dim=1)], dim=0)
-    rhs = torch.cat([sigma * (S.T @ v), Y.T @ v])
+    rhs = torch.cat([sigma * (S @ v)[rows], (Y @ v)[rows]])
     try:
         p = torch.linalg.solve(middle, rhs)
     except RuntimeError:  # singular M: collinear pairs
         return torch.zeros_like(v)
-    product = sigma * v - torch.cat([sigma * S, Y], dim=1) @ p
+    m = len(order)
+    coef_s = torch.zeros(S.shape[0], dtype=torch.float64)
+    coef_y = torch.zeros(S.shape[0], dtype=torch.float64)
+    coef_s[rows], coef_y[rows] = sigma * p[:m], p[m:]
+    product = sigma * v - coef_s @ S - coef_y @ Y
     return product if bool(torch.isfinite(product).all()) else torch.zeros_like(v)
 
 
@@ -166,8 +178,11 @@ class FLDetector(Detector):
     def reset(self) -> None:
         self._last: dict[Hashable, torch.Tensor] = {}
         self._distances: dict[Hashable, list[float]] = {}
-        self._s: list[torch.Tensor] = []
-        self._y: list[torch.Tensor] = []
+        self._s: torch.Tensor | None = None  # (window, d) ring buffers of the pairs
+        self._y: torch.Tensor | None = None
+        self._order: list[int] = []  # their rows, oldest first
+        self._ss: torch.Tensor | None = None  # (window, window) S Sᵀ and S Yᵀ of the buffers
+        self._sy: torch.Tensor | None = None
         self._aggregate: torch.Tensor | None = None
         self._rounds = 0
 
@@ -184,15 +199,15 @@ class FLDetector(Detector):
         ids = list(ctx.client_ids) if ctx.client_ids is not None else list(range(n))
         if len(set(ids)) != n:
             raise AggregatorError("fldetector: client_ids must be distinct within a round")
-        rows = x.double()
-        move = (lbfgs_product(self._s, self._y, self._aggregate)
-                if self._aggregate is not None else None)
+        move = None
+        if self._aggregate is not None:
+            move = (lbfgs_product(self._s, self._y, self._aggregate, self._order,
+                                  ss_all=self._ss, sy_all=self._sy)
+                    if self._s is not None else torch.zeros_like(self._aggregate))
         known = [i for i, cid in enumerate(ids) if cid in self._last and move is not None]
         if known:
-            previous = torch.stack([self._last[ids[i]] for i in known]).double()
-            predicted = previous + move
-            gaps = torch.linalg.vector_norm((predicted - rows[known]) / _scale(predicted, rows),
-                                            dim=1)
+            current = x if len(known) == n else x[known]
+            gaps = prediction_errors([self._last[ids[i]] for i in known], current, move)
             total = float(gaps.sum())
             normalised = (gaps / total if total > 0 else torch.zeros_like(gaps)).tolist()
             for i, value in zip(known, normalised, strict=True):
@@ -214,19 +229,37 @@ class FLDetector(Detector):
                 _, labels = kmeans_1d(values, 2)
                 flags = torch.from_numpy(labels == 1)
         return Detection(flags=flags, scores=scores, diagnostics={
-            "gap_clusters": clusters, "predicted": len(known), "pairs": len(self._s)})
+            "gap_clusters": clusters, "predicted": len(known), "pairs": len(self._order)})
 
     def observe(self, aggregate: torch.Tensor) -> None:
         current = aggregate.detach().double().clone()
         if self._aggregate is not None:
-            self._s.append(self._aggregate)
-            self._y.append(current - self._aggregate)
-            del self._s[:-self.window], self._y[:-self.window]
+            if self._s is None:
+                self._s = torch.zeros(self.window, current.shape[0], dtype=torch.float64)
+                self._y = torch.zeros_like(self._s)
+                self._ss = torch.zeros(self.window, self.window, dtype=torch.float64)
+                self._sy = torch.zeros_like(self._ss)
+            row = (len(self._order) if len(self._order) < self.window
+                   else self._order.pop(0))  # the oldest pair's row is reused
+            self._s[row] = self._aggregate
+            torch.sub(current, self._aggregate, out=self._y[row])
+            self._order.append(row)
+            s_dots = self._s @ self._s[row]  # the new pair's products with every stored pair
+            self._ss[row], self._ss[:, row] = s_dots, s_dots
+            self._sy[row] = self._y @ self._s[row]
+            self._sy[:, row] = self._s @ self._y[row]
         self._aggregate = current
 
 
-def _scale(*tensors: torch.Tensor) -> float:
-    """A common power-of-two divisor that keeps the squared norms of ``tensors`` finite (float64
-    differences of float32 values near the maximum), 1 for ordinary magnitudes."""
-    peak = max(float(t.abs().max()) for t in tensors)
-    return 1.0 if peak < 1e100 else 2.0 ** int(np.log2(peak))
+def prediction_errors(previous: list[torch.Tensor], current: torch.Tensor,
+                      move: torch.Tensor) -> torch.Tensor:
+    """(k,) float64 ‖g_prev + move − g_now‖ per row: one in-place pass in the updates' dtype;
+    rows whose result overflows it are redone in float64, scaled by their largest entry."""
+    diff = torch.stack(previous).to(current.dtype)
+    diff.sub_(current).add_(move.to(current.dtype))
+    gaps = torch.linalg.vector_norm(diff, dim=1).double()
+    for row in torch.nonzero(~torch.isfinite(gaps)).flatten().tolist():
+        exact = previous[row].double() + move - current[row].double()
+        peak = float(exact.abs().max())
+        gaps[row] = peak * float(torch.linalg.vector_norm(exact / peak)) if peak > 0 else 0.0
+    return gaps

@@ -194,11 +194,18 @@ def test_lbfgs_reproduces_a_known_hessian_from_conjugate_pairs():
     s = [torch.eye(4, dtype=torch.float64)[i] for i in range(4)]
     y = [A @ si for si in s]
     v = torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=torch.float64)
-    assert torch.allclose(lbfgs_product(s, y, v), A @ v, atol=1e-12)
+    S, Y = torch.stack(s), torch.stack(y)
+    assert torch.allclose(lbfgs_product(S, Y, v), A @ v, atol=1e-12)
+    # a ring buffer: the same pairs stored out of order, with their chronological order
+    perm = [2, 0, 3, 1]
+    stored_s, stored_y = S[perm], Y[perm]
+    chronological = [perm.index(k) for k in range(4)]
+    assert torch.allclose(lbfgs_product(stored_s, stored_y, v, chronological), A @ v,
+                          atol=1e-12)
     # one pair: B = σ I on the complement, σ = yᵀs/sᵀs, and B s = y (the secant equation)
-    one = lbfgs_product([s[2]], [y[2]], s[2])
+    one = lbfgs_product(S[2:3], Y[2:3], s[2])
     assert torch.allclose(one, y[2])
-    assert torch.equal(lbfgs_product([], [], v), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(lbfgs_product(S, Y, v, []), torch.zeros(4, dtype=torch.float64))
 
 
 def test_lbfgs_secant_holds_for_the_latest_pair_of_a_general_quadratic():
@@ -207,7 +214,8 @@ def test_lbfgs_secant_holds_for_the_latest_pair_of_a_general_quadratic():
     A = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)
     s = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(3)]
     y = [A @ si for si in s]
-    assert torch.allclose(lbfgs_product(s, y, s[-1]), y[-1], atol=1e-9)
+    assert torch.allclose(lbfgs_product(torch.stack(s), torch.stack(y), s[-1]), y[-1],
+                          atol=1e-9)
 
 
 def test_exact_one_dimensional_kmeans_matches_brute_force():
@@ -260,6 +268,18 @@ def test_fldetector_flags_unpredictable_clients_on_a_quadratic_and_spares_honest
     assert flags[0] == [False] * n  # warm-up
     for row in flags[-5:]:
         assert row == [i in bad for i in range(n)]
+
+
+def test_fldetector_keeps_its_pair_products_up_to_date_in_the_ring_buffer():
+    det = create_detector("fldetector", window=3, warmup=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):  # wraps the 3-row buffers twice
+        det(torch.randn(4, 5, generator=g))
+        det.observe(torch.randn(5, generator=g))
+    state = det.state_dict()
+    S, Y = state["s"], state["y"]
+    assert torch.allclose(state["ss"], S @ S.T) and torch.allclose(state["sy"], S @ Y.T)
+    assert sorted(state["order"]) == [0, 1, 2]
 
 
 def test_fldetector_keeps_history_by_client_id_not_position():
