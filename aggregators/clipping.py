@@ -178,13 +178,15 @@ class ARC(PreAggregator):
         n = x.shape[0]
         norms = row_norms(x)
         k = arc_clipped(n, self.f)
-        factors = torch.ones(n, dtype=torch.float64)
-        level = None
+        level, clipped = None, x
         if k > 0:
             order = torch.sort(norms, descending=True, stable=True).indices
             level = float(norms[order[k]])
-            factors[order[:k]] = clip_factors(norms[order[:k]], level)
-        clipped = x * factors.to(x.dtype)[:, None] if k > 0 else x
+            factors = clip_factors(norms[order[:k]], level)
+            rows = order[:k][factors < 1]
+            if rows.numel():  # a copy with the k largest rows scaled; the input is not changed
+                clipped = x.clone()
+                clipped[rows] *= factors[factors < 1].to(x.dtype)[:, None]
         context = {key: getattr(ctx, key) for key in ("reference", "weights", "client_ids")
                    if getattr(ctx, key) is not None}
         result = self._inner(clipped, **context)
