@@ -48,7 +48,7 @@ from fedshield.server.shares import detection, malicious_share, norm_summary, ro
 from fedshield.tasks.config import ConfigError
 
 ReferenceFn = Callable[[int, torch.Tensor], torch.Tensor]
-AdversaryFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+AdversaryFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Reason(StrEnum):
@@ -250,8 +250,9 @@ class RoundCore:
 
     rule:         the aggregation rule; server_lr: η of the step;
     reference_fn: (round, θ_t) -> the server's reference delta (required if the rule needs one);
-    adversary:    simulation-only colluding stage (round, updates (n, d), malicious (n,)) -> the
-                  crafted malicious rows (m, d), written into the matrix in place;
+    adversary:    simulation-only colluding stage (round, updates (n, d), malicious (n,), θ_t) ->
+                  the crafted malicious rows (m, d), written into the matrix in place (θ_t: the
+                  global model the clients trained from, which every client receives);
     max_num_examples, num_examples_cap_factor: the cap on client-reported sample counts,
                   min(max_num_examples, factor · median of the round's reports) (None disables);
     hooks:        explicit timing hooks (:class:`Hooks`);
@@ -293,7 +294,7 @@ class RoundCore:
         mask = torch.tensor([bool(r.malicious) for r in rows], dtype=torch.bool)
         if self.adversary is not None and bool(mask.any()):
             with self.hooks.phase("attack"):
-                updates[mask] = self.adversary(rnd, updates, mask).to(updates.dtype)
+                updates[mask] = self.adversary(rnd, updates, mask, global_vec).to(updates.dtype)
         new_vec, agg, seconds, skip = global_vec, None, None, ""
         if len(rows) < self.rule.min_clients():
             skip = (f"{len(rows)} valid updates, rule {self.rule.name!r} needs "

@@ -83,8 +83,8 @@ class RobustStrategy(FedAvg):
                  detection counts read the detector's flags.
     server_lr:   η in θ_{t+1} = θ_t + η · A(Δ).
     reference_fn: (round, θ_t) -> reference delta; required when the rule needs one (FLTrust).
-    adversary:   simulation-only colluding stage (round, updates (n,d), malicious (n,)) -> the
-                 crafted malicious rows (m,d) (``fedshield.clients.attacks.adversary``).
+    adversary:   simulation-only colluding stage (round, updates (n,d), malicious (n,), θ_t) ->
+                 the crafted malicious rows (m,d) (``fedshield.clients.attacks.adversary``).
     ledger, checkpoints, rows: optional durability (``server.ledger.Ledger``, ``CheckpointStore``,
         ``RowLog`` of the per-round rows), written by :meth:`commit`.
     auto_commit: commit each round in ``aggregate_train`` (False: the caller calls ``commit``).

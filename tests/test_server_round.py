@@ -44,7 +44,7 @@ def test_hand_computed_record_and_its_views():
 def test_non_finite_rows_are_dropped_before_the_adversary_and_the_rule():
     seen = []
 
-    def adversary(rnd, updates, mask):
+    def adversary(rnd, updates, mask, global_vec):
         seen.append((updates.clone(), mask.clone()))
         return torch.full((int(mask.sum()), updates.shape[1]), -1.0)
 

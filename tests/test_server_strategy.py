@@ -281,7 +281,7 @@ def test_reference_rule_requires_reference_fn_and_gets_it():
 def test_adversary_hook_rewrites_malicious_rows_only():
     calls = []
 
-    def adversary(rnd, updates, mask):  # returns the crafted malicious rows
+    def adversary(rnd, updates, mask, global_vec):  # returns the crafted malicious rows
         calls.append(mask.tolist())
         return torch.full((int(mask.sum()), updates.shape[1]), -10.0)
 

@@ -78,17 +78,21 @@ def _check_mask(updates: torch.Tensor, malicious_mask: torch.Tensor) -> torch.Te
     return mask
 
 
-def adversary_stage(attack: Any, rule: Any, seed: int
-                    ) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+def adversary_stage(attack: Any, rule: Any, seed: int) -> Callable[
+        [int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """The round core's ``adversary`` for a run (None unless ``attack`` is a model attack): round
-    ``t`` returns :func:`craft_malicious_rows` with the real ``rule`` (for adaptive attacks) and
-    the generator ``(seed, "attack", t)``; the core writes them into its matrix in place (no
-    second (n, d) matrix). The inline engine and the simulation ServerApp use it."""
+    ``t`` tells the attack the round's global model (:meth:`ModelAttack.begin_round`: every
+    client receives it; multi-round attacks track it), then returns :func:`craft_malicious_rows`
+    with the real ``rule`` (for adaptive attacks) and the generator ``(seed, "attack", t)``; the
+    core writes them into its matrix in place (no second (n, d) matrix). The inline engine and
+    the simulation ServerApp use it."""
     if not isinstance(attack, ModelAttack):
         return None
     from fedshield.tasks.seeding import torch_generator
 
-    def stage(rnd: int, updates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def stage(rnd: int, updates: torch.Tensor, mask: torch.Tensor,
+              global_vec: torch.Tensor) -> torch.Tensor:
+        attack.begin_round(rnd, global_vec)
         return craft_malicious_rows(updates, mask, attack, aggregator=rule,
                                     generator=torch_generator(seed, "attack", rnd))
 

@@ -114,6 +114,11 @@ class ModelAttack(Attack):
     def last_diagnostics(self) -> dict[str, Any]:
         return dict(self._last)
 
+    def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
+        """The global model θ_t of round ``rnd``, which every client receives (before
+        :meth:`craft`); attacks that plan across rounds keep what they need, the others ignore
+        it."""
+
     def _set_knowledge(self, knowledge: str) -> None:
         if knowledge not in self.supports:
             raise AttackError(

@@ -1,0 +1,72 @@
+"""The 2022–2024 attacks: each one's defining property, and a run through the harness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedshield.clients.attacks import create_attack
+from fedshield.clients.attacks.adversary import adversary_stage
+from fedshield.tasks.seeding import torch_generator
+
+
+def make(name, **params):
+    return create_attack(name, num_classes=10, low=0.0, high=1.0, num_clients=10,
+                         num_malicious=3, **params)
+
+
+# --- PoisonedFL -------------------------------------------------------------------------------
+def test_poisonedfl_sends_one_fixed_direction_from_every_attacker_every_round():
+    attack = make("poisonedfl")
+    stage = adversary_stage(attack, None, seed=7)
+    d = 50
+    g = torch.Generator().manual_seed(0)
+    theta = torch.zeros(d)
+    mask = torch.tensor([False, True, True, False, True, False])
+    rows, signs = [], []
+    for rnd in range(1, 7):
+        updates = torch.randn(6, d, generator=g)
+        crafted = stage(rnd, updates, mask, theta)
+        rows.append(crafted)
+        if rnd == 1:  # no global move seen yet: the mean of their own honest updates
+            assert torch.allclose(crafted[0], updates[mask].mean(0))
+        else:
+            assert torch.equal(crafted[0], crafted[1]) and torch.equal(crafted[1], crafted[2])
+            signs.append(torch.sign(crafted[0]))
+        step = torch.randn(d, generator=g) * 0.1
+        theta = theta + step
+    assert all(torch.equal(s[s != 0], signs[0][s != 0]) for s in signs)  # fixed direction
+
+
+def test_poisonedfl_magnitude_follows_the_global_models_last_move():
+    attack = make("poisonedfl", scale=3.0)
+    first = torch.zeros(4)
+    second = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    attack.begin_round(1, first)
+    gen = torch_generator(0, "attack", 1)
+    attack.craft(torch.ones(2, 4), None, generator=gen)
+    attack.begin_round(2, second)
+    crafted = attack.craft(torch.ones(2, 4), None, generator=gen)
+    assert torch.allclose(crafted.abs()[0], 3.0 * second.abs())
+
+
+def test_poisonedfl_shrinks_its_scale_when_the_model_does_not_follow():
+    attack = make("poisonedfl", scale=8.0, beta=0.5, check_every=2, alignment=0.9)
+    gen = torch_generator(0, "attack", 1)
+    theta = torch.zeros(100)
+    for rnd in range(1, 6):
+        attack.begin_round(rnd, theta)
+        attack.craft(torch.ones(1, 100), None, generator=gen)
+        theta = theta - 0.01 * attack._sign.float()  # the defence moves the model against s
+    assert attack.last_diagnostics["scale"] == pytest.approx(8.0 * 0.5 ** 2)
+    assert attack.last_diagnostics["alignment"] == 0.0
+
+
+def test_poisonedfl_runs_in_the_harness_and_breaks_fedavg():
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.tasks.config import RunConfig
+
+    base = RunConfig(dataset="digits", num_clients=20, rounds=12, num_malicious=4)
+    clean = run_inline(base).rounds[-1]["accuracy"]
+    attacked = run_inline(base.with_updates(attack="poisonedfl")).rounds[-1]["accuracy"]
+    assert attacked < clean - 0.1
