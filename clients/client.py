@@ -63,12 +63,15 @@ def local_data(
     task: Any, pid: int, round: int, *, attack: DataAttack | ModelAttack | None, cfg: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) client ``pid`` trains on in ``round``: its partition, poisoned by a data attack
-    with the generator ``(cfg.seed, "client", pid, round, "poison")``."""
+    with the generator ``(cfg.seed, "client", pid, round, "poison")``; the attack is seen from
+    the client's position among the run's malicious clients (DBA gives each its piece)."""
     x, y = task.client_data(pid)
     data_attack = _data_attack(attack, cfg)
     if data_attack is None:
         return x, y
-    return data_attack.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
+    malicious = cfg.malicious_ids()
+    view = data_attack.for_client(malicious.index(pid) if pid in malicious else 0)
+    return view.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
 
 
 def update_boost(attack: DataAttack | ModelAttack | None, cfg: Any) -> float:

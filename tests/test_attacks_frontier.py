@@ -70,3 +70,43 @@ def test_poisonedfl_runs_in_the_harness_and_breaks_fedavg():
     clean = run_inline(base).rounds[-1]["accuracy"]
     attacked = run_inline(base.with_updates(attack="poisonedfl")).rounds[-1]["accuracy"]
     assert attacked < clean - 0.1
+
+
+# --- DBA --------------------------------------------------------------------------------------
+def test_dba_pieces_tile_the_full_trigger_and_each_client_trains_on_its_own():
+    attack = make("dba", pieces=4, size=3)
+    blank = torch.zeros(1, 1, 8, 8)
+    full = attack.trigger(blank)[0, 0] > 0
+    pieces = [attack.for_client(i).trigger(blank)[0, 0] > 0 for i in range(4)]
+    assert int(full.sum()) == 4 * 3
+    union = torch.zeros_like(full)
+    for piece in pieces:
+        assert int(piece.sum()) == 3
+        assert not bool((union & piece).any())  # disjoint
+        union |= piece
+    assert torch.equal(union, full)  # together they tile the full trigger
+    assert torch.equal(attack.for_client(5).trigger(blank), attack.for_client(1).trigger(blank))
+    # the test inputs carry the full trigger
+    x, target = attack.asr_inputs(torch.zeros(3, 1, 8, 8), torch.tensor([1, 2, 0]))
+    assert target == 0 and x.shape[0] == 2 and torch.equal(x[0, 0] > 0, full)
+    with pytest.raises(Exception, match="do not fit"):
+        make("dba", pieces=8, size=4).trigger(blank)
+
+
+def test_dba_clients_poison_with_their_piece_in_the_harness():
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.clients.client import local_data
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=10, num_malicious=3, attack="dba")
+    task = get_task(cfg)
+    attack = attack_from_config(cfg, task.dataset)
+    marks = []
+    for pid in cfg.malicious_ids():
+        x, _ = local_data(task, pid, 1, attack=attack, cfg=cfg)
+        clean, _ = task.client_data(pid)
+        triggered = x[(x != clean).flatten(1).any(dim=1)]
+        marks.append((triggered[:, 0] == task.dataset.high).all(dim=0))
+    assert [int(m.sum()) for m in marks] == [3, 3, 3]
+    assert not torch.equal(marks[0], marks[1]) and not torch.equal(marks[1], marks[2])

@@ -91,6 +91,11 @@ class DataAttack(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def for_client(self, malicious_index: int) -> DataAttack:
+        """The attack as the ``malicious_index``-th malicious client runs it (the same attack
+        for every client, except for distributed attacks such as DBA)."""
+        return self
+
     def asr_inputs(
         self, test_x: torch.Tensor, test_y: torch.Tensor
     ) -> tuple[torch.Tensor, int] | None:

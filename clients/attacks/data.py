@@ -15,6 +15,7 @@ colluders: ``"auto"`` = n / number of malicious clients).
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
@@ -359,3 +360,68 @@ class Scaling(BackdoorPatch):
             location=location, margin=margin, poison_fraction=poison_fraction, boost=boost,
             num_clients=num_clients, num_malicious=num_malicious,
         )
+
+
+@register
+class DBA(_Backdoor):
+    """DBA, the distributed backdoor attack (Xie, Huang, Chen, Li, "DBA: Distributed Backdoor
+    Attacks against Federated Learning", ICLR 2020).
+
+    The global trigger is ``pieces`` horizontal bars of ``size`` pixels (value ``high``), laid out
+    two per row from the top-left corner (``margin`` pixels in, one pixel between bars and between
+    rows). The i-th malicious client poisons its data with bar i mod ``pieces`` only; the attack
+    success rate is measured with the **full** trigger, the union of the pieces, which no single
+    client ever trained on.
+    """
+
+    name: ClassVar[str] = "dba"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        pieces: int = 4,
+        size: int = 3,
+        margin: int = 0,
+        poison_fraction: float = 0.5,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            target=target, num_classes=num_classes, low=low, high=high,
+            poison_fraction=poison_fraction, boost=boost, num_clients=num_clients,
+            num_malicious=num_malicious,
+        )
+        for key, value, least in (("pieces", pieces, 1), ("size", size, 1), ("margin", margin, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise AttackError(f"attack {self.name!r}: {key} must be an int >= {least}, "
+                                  f"got {value!r}")
+        self.pieces, self.size, self.margin = pieces, size, margin
+        self._piece: int | None = None  # None: the full trigger (the test's)
+
+    def piece_window(self, k: int, h: int, w: int) -> tuple[int, slice]:
+        """(row, columns) of bar ``k``."""
+        row = self.margin + 2 * (k // 2)
+        start = self.margin + (k % 2) * (self.size + 1)
+        if row >= h or start + self.size > w:
+            raise AttackError(f"attack {self.name!r}: {self.pieces} bars of {self.size} pixels "
+                              f"(margin {self.margin}) do not fit a {h}x{w} image")
+        return row, slice(start, start + self.size)
+
+    def trigger(self, x):
+        _check_image(self.name, x)
+        out = x.clone()
+        pieces = range(self.pieces) if self._piece is None else (self._piece,)
+        for k in pieces:
+            row, cols = self.piece_window(k, x.shape[2], x.shape[3])
+            out[:, :, row, cols] = self.high
+        return out
+
+    def for_client(self, malicious_index: int) -> DBA:
+        view = copy.copy(self)
+        view._piece = malicious_index % self.pieces
+        return view
