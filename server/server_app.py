@@ -187,6 +187,9 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: boo
     except ConfigError as exc:
         raise ServerAppError(str(exc)) from None
     attack = build_attack(cfg, task.dataset)
+    if getattr(attack, "fake", False):
+        raise ServerAppError(f"attack {cfg.attack!r} adds fake clients, which only the harness's "
+                             "inline engine simulates")
     out = Path(cfg.output_dir) if cfg.output_dir else None
     files = _open_run_files(out, resume=resume, restart=restart, ledger_key=ledger_key)
     strategy = RobustStrategy(

@@ -377,11 +377,13 @@ def validate_components(cells: list[Cell]) -> None:
                 f"round; the scenario aggregates {per_round} (num_clients / clients_per_round)"
             )
         if cfg.attack != "none":
-            probe = cfg
             try:
-                attack_from_config(probe, _PROBE_DATASET)
+                attack = attack_from_config(cfg, _PROBE_DATASET)
             except AttackError as exc:
                 raise ScenarioError(f"attack: {exc}") from None
+            if getattr(attack, "fake", False) and cell.engine != "inline":
+                raise ScenarioError(f"attack {cell.attack_label} adds fake clients, which only "
+                                    "the inline engine simulates; set engine = 'inline'")
 
 
 _PROBE_DATASET = SimpleNamespace(num_classes=10, low=0.0, high=1.0)

@@ -110,3 +110,43 @@ def test_dba_clients_poison_with_their_piece_in_the_harness():
         marks.append((triggered[:, 0] == task.dataset.high).all(dim=0))
     assert [int(m.sum()) for m in marks] == [3, 3, 3]
     assert not torch.equal(marks[0], marks[1]) and not torch.equal(marks[1], marks[2])
+
+
+# --- MPAF -------------------------------------------------------------------------------------
+def test_mpaf_fake_clients_pull_toward_one_fixed_base_model():
+    attack = make("mpaf", lam=2.0)
+    gen = torch_generator(0, "attack", 1)
+    theta1 = torch.arange(6.0)
+    attack.begin_round(1, theta1)
+    first = attack.craft(torch.zeros(2, 6), None, generator=gen)
+    base = theta1.double() + first[0].double() / 2.0
+    assert sorted(base.tolist()) == sorted(theta1.tolist())  # θ_1's entries, permuted
+    assert torch.equal(first[0], first[1])
+    theta2 = theta1 + 1.0
+    attack.begin_round(2, theta2)
+    second = attack.craft(torch.zeros(2, 6), None, generator=gen)
+    assert torch.allclose(second[0].double(), 2.0 * (base - theta2.double()))
+
+
+def test_mpaf_adds_fake_clients_that_hold_no_data():
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.tasks.config import RunConfig
+
+    cfg = RunConfig(dataset="digits", num_clients=10, rounds=3, num_malicious=2, attack="mpaf",
+                    aggregator="trimmedmean", aggregator_params={"f": 2})
+    result = run_inline(cfg)
+    assert result.malicious_ids == [10, 11]  # added after the 10 real clients
+    for row in result.rounds:
+        assert row["clients"] == 12
+        assert row["partition_ids"] == [*range(10), None, None]  # no partition: no data
+        assert row["malicious_in_round"] == [None, None]
+    clean = run_inline(cfg.with_updates(attack="none")).rounds
+    assert all(c["partition_ids"] == list(range(10)) for c in clean)
+
+
+def test_mpaf_is_refused_where_fake_clients_cannot_exist():
+    from fedshield.simulations import scenario as sc
+
+    cells = sc.expand(sc.from_dict({"engine": "flower", "attack": "mpaf", "num_malicious": 2}))
+    with pytest.raises(sc.ScenarioError, match="fake clients"):
+        sc.validate_components(cells)

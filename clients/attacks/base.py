@@ -107,6 +107,9 @@ class ModelAttack(Attack):
     """Rewrites the malicious clients' honest deltas (m, d) into crafted deltas (m, d)."""
 
     kind: ClassVar[str] = "model"
+    #: True: the attacker's clients are fake ones it adds to the federation (no data, no
+    #: training), not compromised honest clients (MPAF)
+    fake: ClassVar[bool] = False
     #: knowledge settings the attack supports; the first is the default.
     supports: ClassVar[tuple[str, ...]] = ("own",)
     knowledge: str = "own"

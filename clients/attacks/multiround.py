@@ -1,4 +1,5 @@
-"""Attacks that plan across rounds: PoisonedFL.
+"""Attacks that plan across rounds from the global model every client receives: PoisonedFL and
+MPAF (whose clients are fake ones the attacker adds).
 
 PoisonedFL — Xie, Fang, Jia, Gong, "Model Poisoning Attacks to Federated Learning via
 Multi-Round Consistency" (arXiv:2404.15611, 2024). Existing attacks craft each round on its own,
@@ -93,3 +94,44 @@ class PoisonedFL(ModelAttack):
         update = (self._c * self._sign * move).to(malicious.dtype)
         top = torch.finfo(malicious.dtype).max
         return update.clamp(-top, top).expand_as(malicious).clone()
+
+
+@register
+class MPAF(ModelAttack):
+    """MPAF (Cao & Gong, "MPAF: Model Poisoning Attacks to Federated Learning based on Fake
+    Clients", CVPR Workshops 2022). The attacker does not compromise honest clients: it *adds*
+    fake ones, which hold no data. Every fake client sends
+
+        g_t = λ · (w' − θ_t),
+
+    pulling the global model toward a low-accuracy base model w' chosen once (here: the first
+    global model the attacker sees, θ_1, with its entries randomly permuted — a model with the
+    initial weights' distribution and no learned structure). λ = ``lam`` scales the pull.
+
+    ``fake = True``: the harness adds the run's malicious count as fake clients (ids after the
+    real ones, no partition, no training) instead of choosing malicious clients among the real
+    ones; the inline engine only.
+    """
+
+    name: ClassVar[str] = "mpaf"
+    fake: ClassVar[bool] = True
+
+    def __init__(self, *, lam: float = 10.0) -> None:
+        super().__init__()
+        self.lam = check_positive(self.name, "lam", lam)
+        self._base: torch.Tensor | None = None
+        self._theta: torch.Tensor | None = None
+
+    def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
+        self._theta = global_vec.detach().to(torch.float64).clone()
+
+    def craft(self, malicious: torch.Tensor, benign: Any, *, generator: torch.Generator,
+              **_: Any) -> torch.Tensor:
+        if self._theta is None or self._theta.shape[0] != malicious.shape[1]:
+            raise AttackError(f"attack {self.name!r} needs the round's global model "
+                              "(begin_round) of the updates' dimension")
+        if self._base is None:
+            perm = torch.randperm(self._theta.shape[0], generator=generator)
+            self._base = self._theta[perm].clone()
+        update = (self.lam * (self._base - self._theta)).to(malicious.dtype)
+        return update.expand_as(malicious).clone()
