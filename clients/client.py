@@ -74,11 +74,13 @@ def local_data(
     return view.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
 
 
-def update_boost(attack: DataAttack | ModelAttack | None, cfg: Any) -> float:
-    """The factor a client's delta is scaled by: the data attack's boost (model replacement),
-    1.0 for honest clients and model attackers (their attack acts in the adversary stage)."""
+def finish_delta(attack: DataAttack | ModelAttack | None, cfg: Any, delta: torch.Tensor,
+                 global_vec: torch.Tensor) -> torch.Tensor:
+    """A data attacker's trained delta as it sends it (``DataAttack.finish``: the boost of model
+    replacement, Neurotoxin's mask and norm ball); honest clients' and model attackers' deltas
+    unchanged (a model attack acts in the adversary stage). May work in place."""
     data_attack = _data_attack(attack, cfg)
-    return 1.0 if data_attack is None else float(data_attack.boost)
+    return delta if data_attack is None else data_attack.finish(delta, global_vec)
 
 
 def client_update(
@@ -101,8 +103,5 @@ def client_update(
     stats = train(
         model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round)
     )
-    delta = flatten(model) - global_vec.to(torch.float32)
-    boost = update_boost(attack, cfg)
-    if boost != 1.0:
-        delta = delta * boost
+    delta = finish_delta(attack, cfg, flatten(model) - global_vec.to(torch.float32), global_vec)
     return ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss)

@@ -187,6 +187,8 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: boo
     except ConfigError as exc:
         raise ServerAppError(str(exc)) from None
     attack = build_attack(cfg, task.dataset)
+    if cfg.attack_stop:
+        raise ServerAppError("attack-stop (durability) runs in the harness's inline engine")
     if getattr(attack, "fake", False):
         raise ServerAppError(f"attack {cfg.attack!r} adds fake clients, which only the harness's "
                              "inline engine simulates")

@@ -88,7 +88,7 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     ``params − start``). Other models call ``client_update`` per client, each delta written
     into its row of a preallocated (K, d) matrix.
     """
-    from fedshield.clients.client import ClientUpdate, client_update, local_data, update_boost
+    from fedshield.clients.client import ClientUpdate, client_update, finish_delta, local_data
 
     if not task.batched or len(pids) < 2:
         updates = torch.empty(len(pids), task.layout.numel, dtype=torch.float32)
@@ -109,9 +109,9 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     updates = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
     replies = []
     for pid, delta, stats in zip(pids, updates, result.stats, strict=True):
-        boost = update_boost(attacks.get(pid), cfg)
-        if boost != 1.0:
-            delta.mul_(boost)
+        finished = finish_delta(attacks.get(pid), cfg, delta, start)
+        if finished is not delta:
+            delta.copy_(finished)
         replies.append(ClientUpdate(delta=delta, num_examples=stats.num_examples,
                                     loss=stats.loss))
     return RoundUpdates(updates=updates, replies=replies)
@@ -180,19 +180,21 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     for rnd in range(1, cfg.rounds + 1):
         t_round = time.perf_counter()
         pids = sample_clients(cfg, rnd) if clients is None else sorted(clients)
+        active = not cfg.attack_stop or rnd <= cfg.attack_stop  # attackers honest after stop
+        attacking = malicious if active else set()
         if planter is not None:  # BackdoorIndicator: the round's global model is the planted one
             with hooks.phase("train"):
                 global_vec = planter.plant(global_vec, rnd)
         with hooks.phase("train"):
             trained = train_round(task, pids, global_vec, rnd, cfg,
-                                  {pid: data_attack for pid in pids if pid in malicious})
+                                  {pid: data_attack for pid in pids if pid in attacking})
         t_train = time.perf_counter() - t_round
         client_rows = [
-            ClientRow(client_id=pid, partition_id=pid, malicious=pid in malicious,
+            ClientRow(client_id=pid, partition_id=pid, malicious=pid in attacking,
                       num_examples=float(r.num_examples), train_loss=float(r.loss), index=k)
             for k, (pid, r) in enumerate(zip(pids, trained.replies, strict=True))]
         updates = trained.updates
-        if fakes:  # MPAF: the attacker's fake clients join every round; the adversary fills them
+        if fakes and active:  # MPAF: the attacker's fake clients join; the adversary fills them
             updates, client_rows = with_fake_clients(updates, client_rows, fakes, cfg.num_clients)
         record = core.run(rnd, global_vec, updates, client_rows)
         del trained, updates  # the round's (n, d) matrix is freed before the next round trains
@@ -201,7 +203,9 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
             evaluated, global_vec = post_step(rnd, global_vec)
         row = {**record.row(), "accuracy": None, "loss": None, "asr": None,
                "train_seconds": t_train}
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+        if cfg.attack_stop:
+            row["attack_active"] = active
+        if rnd % cfg.eval_every == 0 or rnd in (cfg.rounds, cfg.attack_stop):
             with hooks.phase("eval"):
                 row.update(evaluator(evaluated))
         row["round_seconds"] = time.perf_counter() - t_round

@@ -71,7 +71,23 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> dict[str, A
         "diverged_round": diverged[0] if diverged else None,
         "certified": next((r["certified"] for r in reversed(rows)
                            if r.get("certified") is not None), None),
+        **durability(rows),
     }
+
+
+def durability(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """For runs whose attackers stop (rows with ``attack_active``): the ASR of the last round
+    they attacked, and the number of evaluated rounds after it whose ASR is still at least half
+    of that ({} otherwise)."""
+    if not any("attack_active" in r for r in rows):
+        return {}
+    during = [r for r in rows if r.get("attack_active") and r.get("asr") is not None]
+    after = [r for r in rows if r.get("attack_active") is False and r.get("asr") is not None]
+    at_stop = during[-1]["asr"] if during else None
+    lasting = (None if at_stop is None else
+               sum(1 for r in after if r["asr"] >= 0.5 * at_stop))
+    return {"asr_at_stop": at_stop, "rounds_after_stop": len(after),
+            "durable_rounds": lasting}
 
 
 def accuracy_drops(cells: list[dict[str, Any]]) -> dict[str, float | None]:

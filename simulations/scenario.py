@@ -112,7 +112,7 @@ class Scenario:
 # --- ids and labels -----------------------------------------------------------------------------
 #: run keys added after results stores existed: left out of a cell's id at their default, so
 #: that the cells of earlier sweeps keep their ids
-LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}}
+LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}, "attack_stop": 0}
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -277,6 +277,9 @@ def expand(scenario: Scenario) -> list[Cell]:
     for combo in itertools.product(*(scenario.run[a] for a in axes)):
         values = {**fixed, **dict(zip(axes, combo, strict=True))}
         cfg = resolve_config(values)
+        if cfg.attack_stop and scenario.engine != "inline":
+            raise ScenarioError("attack_stop (durability) runs on the inline engine only; set "
+                                "engine = 'inline'")
         if cfg.certify != "none":
             from fedshield.simulations.certify import certification
 

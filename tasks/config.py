@@ -60,6 +60,7 @@ class RunConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     malicious_fraction: float = 0.0
     num_malicious: int = -1  # >= 0 overrides malicious_fraction
+    attack_stop: int = 0  # > 0: the attackers behave honestly after this round (durability)
     # certification (simulations.certify): "none" | "flcert" | "crfl", and its parameters
     certify: str = "none"
     certify_params: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +74,8 @@ class RunConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("local_steps", "local_epochs", "clients_per_round", "root_size"):
+        for key in ("local_steps", "local_epochs", "clients_per_round", "root_size",
+                    "attack_stop"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
         if self.local_steps == 0 and self.local_epochs == 0:

@@ -91,13 +91,16 @@ def test_bad_inputs(task):
         client_update(task, 0, task.initial_vector(), 1, attack="labelflip", cfg=CFG)
 
 
-def test_update_boost_is_the_data_attacks_bound_boost_else_one():
+def test_finished_delta_is_boosted_by_the_data_attacks_bound_boost_only():
     from fedshield.clients.attacks import create_attack
-    from fedshield.clients.client import update_boost
+    from fedshield.clients.client import finish_delta
     from fedshield.tasks.config import RunConfig
 
     cfg = RunConfig(dataset="digits", num_clients=10, attack="scaling", num_malicious=2)
     scaling = create_attack("scaling", num_classes=10, low=0.0, high=1.0)  # boost "n", pending
-    assert update_boost(scaling, cfg) == 10.0  # bound to n = clients per round
-    assert update_boost(create_attack("signflip", num_classes=10, low=0.0, high=1.0), cfg) == 1.0
-    assert update_boost(None, cfg) == 1.0
+    theta = torch.zeros(3)
+    # bound to n = clients per round
+    assert finish_delta(scaling, cfg, torch.ones(3), theta).tolist() == [10.0] * 3
+    signflip = create_attack("signflip", num_classes=10, low=0.0, high=1.0)
+    assert finish_delta(signflip, cfg, torch.ones(3), theta).tolist() == [1.0] * 3
+    assert finish_delta(None, cfg, torch.ones(3), theta).tolist() == [1.0] * 3

@@ -150,3 +150,36 @@ def test_mpaf_is_refused_where_fake_clients_cannot_exist():
     cells = sc.expand(sc.from_dict({"engine": "flower", "attack": "mpaf", "num_malicious": 2}))
     with pytest.raises(sc.ScenarioError, match="fake clients"):
         sc.validate_components(cells)
+
+
+# --- Neurotoxin and durability ----------------------------------------------------------------
+def test_neurotoxin_is_zero_on_the_top_k_coordinates_and_inside_its_norm_ball():
+    attack = make("neurotoxin", top_k=0.25, norm_factor=2.0)
+    first = torch.zeros(8)
+    move = torch.tensor([0.0, 5.0, -0.1, 0.2, -7.0, 0.3, 0.1, 0.0])
+    delta = torch.full((8,), 3.0)
+    assert torch.equal(attack.finish(delta.clone(), first), delta)  # round 1: no move seen
+    sent = attack.finish(delta.clone(), first + move)
+    assert sent[[1, 4]].tolist() == [0.0, 0.0]  # the top 25 % of |Δ|: coordinates 4 and 1
+    radius = 2.0 * float(torch.linalg.vector_norm(move))
+    assert float(torch.linalg.vector_norm(sent)) == pytest.approx(min(radius, 3.0 * 6 ** 0.5))
+    assert bool((sent[[0, 2, 3, 5, 6, 7]] > 0).all())
+    again = attack.finish(delta.clone(), first + move)  # another client, same round
+    assert torch.equal(again, sent)
+
+
+def test_attack_stop_measures_how_long_a_backdoor_lasts():
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.simulations.metrics import summarize
+    from fedshield.tasks.config import RunConfig
+
+    cfg = RunConfig(dataset="digits", num_clients=10, rounds=6, num_malicious=3,
+                    attack="neurotoxin", attack_stop=3, eval_every=5)
+    rows = run_inline(cfg).rounds
+    assert [r["attack_active"] for r in rows] == [True] * 3 + [False] * 3
+    assert [r["malicious_in_round"] != [] for r in rows] == [True] * 3 + [False] * 3
+    assert rows[2]["asr"] is not None  # evaluated at the stop round
+    summary = summarize(rows, 0.8)
+    assert summary["asr_at_stop"] == rows[2]["asr"]
+    assert summary["rounds_after_stop"] == 2  # rounds 5 and 6 are evaluated after the stop
+    assert 0 <= summary["durable_rounds"] <= 2

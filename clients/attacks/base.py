@@ -91,6 +91,12 @@ class DataAttack(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def finish(self, delta: torch.Tensor, global_vec: torch.Tensor) -> torch.Tensor:
+        """The delta the malicious client sends, from the one it trained on its poisoned data
+        from ``global_vec``: × ``boost`` (model replacement); may work in place."""
+        boost = self.boost
+        return delta if boost == 1.0 else delta.mul_(boost)
+
     def for_client(self, malicious_index: int) -> DataAttack:
         """The attack as the ``malicious_index``-th malicious client runs it (the same attack
         for every client, except for distributed attacks such as DBA)."""

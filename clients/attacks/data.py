@@ -425,3 +425,78 @@ class DBA(_Backdoor):
         view = copy.copy(self)
         view._piece = malicious_index % self.pieces
         return view
+
+
+@register
+class Neurotoxin(BackdoorPatch):
+    """Neurotoxin (Zhang, Panda, Song, Yang, Mahoney, Gonzalez, Ramchandran, Mittal, "Neurotoxin:
+    Durable Backdoors in Federated Learning", ICML 2022).
+
+    A backdoor hides where the benign clients do not write: the coordinates the global model
+    moved least. With Δ = θ_t − θ_{t−1} the global model's last move (the attacker remembers
+    θ_{t−1} from the previous round it saw), the mask M keeps every coordinate *outside* the
+    top ``top_k`` share of |Δ|; the malicious client trains on its patch-poisoned data (the
+    trigger of ``backdoor-patch``), then sends
+
+        Π_B(M ⊙ δ),   B = {‖v‖ ≤ ``norm_factor`` · ‖Δ‖}
+
+    — its delta with the top-k coordinates zeroed, projected onto a norm ball the size of a
+    plausible update. The paper masks each gradient step; here the mask and the ball constrain the
+    trained delta once (the same constraint on what is sent). Round 1 (no Δ yet): the delta is
+    sent unmasked and unprojected. Durability — the ASR in the rounds after the attackers stop —
+    is what the paper measures: use the run key ``attack_stop``.
+    """
+
+    name: ClassVar[str] = "neurotoxin"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        low: float,
+        high: float,
+        target: int = 0,
+        size: int = 3,
+        location: str = "bottom-right",
+        margin: int = 0,
+        poison_fraction: float = 0.5,
+        top_k: float = 0.05,
+        norm_factor: float = 2.0,
+        boost: Any = 1.0,
+        num_clients: int | None = None,
+        num_malicious: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, low=low, high=high, target=target, size=size,
+            location=location, margin=margin, poison_fraction=poison_fraction, boost=boost,
+            num_clients=num_clients, num_malicious=num_malicious,
+        )
+        self.top_k = check_fraction(self.name, "top_k", top_k)
+        if not (isinstance(norm_factor, int | float) and not isinstance(norm_factor, bool)
+                and norm_factor > 0):
+            raise AttackError(f"attack {self.name!r}: norm_factor must be > 0, got "
+                              f"{norm_factor!r}")
+        self.norm_factor = float(norm_factor)
+        self._seen: list[torch.Tensor] = []  # the last two distinct global models
+
+    def mask(self, move: torch.Tensor) -> torch.Tensor:
+        """(d,) bool: True outside the top ``top_k`` share of |move| (ties: lower index first)."""
+        d = move.shape[0]
+        k = int(self.top_k * d)
+        keep = torch.ones(d, dtype=torch.bool)
+        if k > 0:
+            keep[torch.topk(move.abs(), k, sorted=False).indices] = False
+        return keep
+
+    def finish(self, delta: torch.Tensor, global_vec: torch.Tensor) -> torch.Tensor:
+        theta = global_vec.detach().to(torch.float32)
+        if not self._seen or not torch.equal(self._seen[-1], theta):
+            self._seen = [*self._seen[-1:], theta.clone()]
+        delta = super().finish(delta, global_vec)
+        if len(self._seen) < 2:
+            return delta
+        move = self._seen[1] - self._seen[0]
+        out = delta * self.mask(move).to(delta.dtype)
+        radius = self.norm_factor * float(torch.linalg.vector_norm(move.double()))
+        norm = float(torch.linalg.vector_norm(out.double()))
+        return out * (radius / norm) if norm > radius > 0 else out
