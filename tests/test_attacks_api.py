@@ -15,7 +15,8 @@ from fedshield.clients.attacks import (
 NAMES = {
     "labelflip", "backdoor-patch", "backdoor-blend", "backdoor-lighting", "scaling",
     "signflip", "gaussian", "scale", "alie", "ipm", "minmax", "minsum", "fang-krum",
-    "fang-trim", "mimic", "poisonedfl", "dba", "mpaf", "neurotoxin",
+    "fang-trim", "mimic", "poisonedfl", "dba", "mpaf", "neurotoxin", "adaptive",
+    "fltrust-adaptive",
 }
 
 

@@ -183,3 +183,66 @@ def test_attack_stop_measures_how_long_a_backdoor_lasts():
     assert summary["asr_at_stop"] == rows[2]["asr"]
     assert summary["rounds_after_stop"] == 2  # rounds 5 and 6 are evaluated after the stop
     assert 0 <= summary["durable_rounds"] <= 2
+
+
+# --- adaptive attacks -------------------------------------------------------------------------
+def round_matrix():
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(20, 30) + 0.3 * torch.randn(20, 30, generator=g)
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[:4] = True
+    return x, mask
+
+
+def damage(rule, x, mask, rows):
+    ctx = {"reference": x[~mask].mean(0)} if rule.needs_reference else {}
+    attacked = x.clone()
+    attacked[mask] = rows
+    return float(torch.linalg.vector_norm(rule(attacked, **ctx).update - rule(x, **ctx).update))
+
+
+@pytest.mark.parametrize(("rule_name", "params"), [
+    ("median", {}), ("trimmedmean", {"f": 4}), ("krum", {"f": 4}), ("fltrust", {})])
+def test_the_adaptive_wrapper_does_at_least_the_damage_of_its_base_attack(rule_name, params):
+    from fedshield import aggregators
+    from fedshield.clients.attacks.adversary import craft_malicious_rows
+
+    x, mask = round_matrix()
+    rule = aggregators.create(rule_name, **params)
+    gen = torch_generator(0, "attack", 1)
+    base = craft_malicious_rows(x, mask, make("alie"), aggregator=rule, generator=gen)
+    tuned_attack = make("adaptive", base="alie")
+    tuned = craft_malicious_rows(x, mask, tuned_attack, aggregator=rule,
+                                 generator=torch_generator(0, "attack", 1))
+    assert damage(rule, x, mask, tuned) >= damage(rule, x, mask, base) - 1e-6
+    assert tuned_attack.last_diagnostics["gamma"] is not None
+
+
+def test_fltrust_adaptive_keeps_a_positive_cosine_and_beats_alie_on_fltrust():
+    from fedshield import aggregators
+    from fedshield.clients.attacks.adversary import craft_malicious_rows
+
+    x, mask = round_matrix()
+    rule = aggregators.create("fltrust")
+    attack = make("fltrust-adaptive")
+    rows = craft_malicious_rows(x, mask, attack, aggregator=rule,
+                                generator=torch_generator(0, "attack", 1))
+    root = x[~mask].mean(0)
+    cosine = torch.nn.functional.cosine_similarity(rows, root[None, :])
+    assert bool((cosine > 0).all())  # trusted: the weight ReLU(cos) stays positive
+    assert torch.allclose(rows.norm(dim=1), torch.full((4,), float(root.norm())), rtol=1e-4)
+    alie = craft_malicious_rows(x, mask, make("alie"), aggregator=rule,
+                                generator=torch_generator(0, "attack", 1))
+    assert damage(rule, x, mask, rows) > 2 * damage(rule, x, mask, alie)
+    assert 0 < attack.last_diagnostics["angle_degrees"] < 90
+
+
+def test_adaptive_attacks_refuse_what_they_cannot_do():
+    from fedshield.clients.attacks import AttackError
+
+    with pytest.raises(AttackError, match="another model attack"):
+        make("adaptive", base="adaptive")
+    with pytest.raises(AttackError, match="model attack on compromised clients"):
+        make("adaptive", base="labelflip")
+    with pytest.raises(AttackError, match="not supported"):
+        make("fltrust-adaptive", knowledge="own")

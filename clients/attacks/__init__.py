@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedshield.clients.attacks import data, fang, minmax, model, multiround  # noqa: F401
+from fedshield.clients.attacks import (  # noqa: F401  (register the attacks)
+    adaptive,
+    data,
+    fang,
+    minmax,
+    model,
+    multiround,
+)
 from fedshield.clients.attacks.adversary import apply_model_attack
 from fedshield.clients.attacks.base import (
     CONTEXT_ARGS,
