@@ -60,7 +60,8 @@ def _data_attack(attack: Any, cfg: Any) -> DataAttack | None:
 
 
 def local_data(
-    task: Any, pid: int, round: int, *, attack: DataAttack | ModelAttack | None, cfg: Any
+    task: Any, pid: int, round: int, *, attack: DataAttack | ModelAttack | None, cfg: Any,
+    global_vec: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) client ``pid`` trains on in ``round``: its partition, poisoned by a data attack
     with the generator ``(cfg.seed, "client", pid, round, "poison")``; the attack is seen from
@@ -71,6 +72,8 @@ def local_data(
         return x, y
     malicious = cfg.malicious_ids()
     view = data_attack.for_client(malicious.index(pid) if pid in malicious else 0)
+    if global_vec is not None:
+        view.prepare(task, global_vec, x, y, torch_generator(cfg.seed, "attack", round, "prepare"))
     return view.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
 
 
@@ -97,7 +100,7 @@ def client_update(
     if not isinstance(global_vec, torch.Tensor) or global_vec.dim() != 1:
         shape = tuple(global_vec.shape) if isinstance(global_vec, torch.Tensor) else global_vec
         raise ClientError(f"global_vec must be a 1-D tensor (d,), got {shape!r}")
-    x, y = local_data(task, pid, round, attack=attack, cfg=cfg)
+    x, y = local_data(task, pid, round, attack=attack, cfg=cfg, global_vec=global_vec)
     model = task.new_model()
     load_vector(model, global_vec.to(torch.float32))
     stats = train(

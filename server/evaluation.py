@@ -24,8 +24,9 @@ class GlobalEvaluator:
         self.x = torch.as_tensor(task.dataset.test_x)
         self.y = torch.as_tensor(task.dataset.test_y)
         self.asr_inputs = None
-        if attack is not None and getattr(attack, "kind", "") == "data":
-            self.asr_inputs = attack.asr_inputs(self.x, self.y)
+        self.attack = attack if getattr(attack, "kind", "") == "data" else None
+        if self.attack is not None:
+            self.asr_inputs = self.attack.asr_inputs(self.x, self.y)
 
     def __call__(self, vector: torch.Tensor) -> dict[str, float | None]:
         load_vector(self.model, vector)
@@ -33,6 +34,8 @@ class GlobalEvaluator:
         out: dict[str, float | None] = {
             "accuracy": float(result.accuracy), "loss": float(result.loss), "asr": None,
         }
+        if getattr(self.attack, "dynamic_trigger", False):  # A3FL: the trigger of this round
+            self.asr_inputs = self.attack.asr_inputs(self.x, self.y)
         if self.asr_inputs is not None:
             x, target = self.asr_inputs
             out["asr"] = float(accuracy_on(self.model, x, target)) if len(x) else None

@@ -189,9 +189,9 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: boo
     attack = build_attack(cfg, task.dataset)
     if cfg.attack_stop:
         raise ServerAppError("attack-stop (durability) runs in the harness's inline engine")
-    if getattr(attack, "fake", False):
-        raise ServerAppError(f"attack {cfg.attack!r} adds fake clients, which only the harness's "
-                             "inline engine simulates")
+    if getattr(attack, "fake", False) or getattr(attack, "dynamic_trigger", False):
+        raise ServerAppError(f"attack {cfg.attack!r} needs the harness's inline engine (fake "
+                             "clients, or a trigger the server's evaluator must share)")
     out = Path(cfg.output_dir) if cfg.output_dir else None
     files = _open_run_files(out, resume=resume, restart=restart, ledger_key=ledger_key)
     strategy = RobustStrategy(

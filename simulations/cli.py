@@ -320,7 +320,8 @@ def _listing(section: str) -> list[tuple[str, str]]:
     if section == "attacks":
         from fedshield.clients.attacks import available_attacks
 
-        return [(n, f"[{d.get('kind')}; knowledge {'/'.join(d.get('knowledge', []))}] "
+        return [(n, f"[{d.get('kind')}; knowledge {'/'.join(d.get('knowledge', []))}; observes "
+                 f"{d.get('observes')}] "
                  f"{_params_text(d.get('params', {}))} — {d.get('summary', '')}")
                 for n, d in available_attacks().items()]
     if section == "scenarios":

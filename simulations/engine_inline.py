@@ -102,7 +102,8 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     from fedshield.tasks.seeding import torch_generator
     from fedshield.tasks.training import train_many
 
-    data = [local_data(task, pid, rnd, attack=attacks.get(pid), cfg=cfg) for pid in pids]
+    data = [local_data(task, pid, rnd, attack=attacks.get(pid), cfg=cfg, global_vec=global_vec)
+            for pid in pids]
     gens = [torch_generator(cfg.seed, "client", pid, rnd) for pid in pids]
     start = global_vec.to(torch.float32)
     result = train_many(task.template_model(), data, task.train_config, gens, start=start)

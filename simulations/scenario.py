@@ -387,6 +387,10 @@ def validate_components(cells: list[Cell]) -> None:
             if getattr(attack, "fake", False) and cell.engine != "inline":
                 raise ScenarioError(f"attack {cell.attack_label} adds fake clients, which only "
                                     "the inline engine simulates; set engine = 'inline'")
+            if getattr(attack, "dynamic_trigger", False) and cell.engine != "inline":
+                raise ScenarioError(f"attack {cell.attack_label} re-optimises its trigger each "
+                                    "round, which only the inline engine measures (the Flower "
+                                    "server holds its own copy); set engine = 'inline'")
 
 
 _PROBE_DATASET = SimpleNamespace(num_classes=10, low=0.0, high=1.0)

@@ -16,7 +16,7 @@ NAMES = {
     "labelflip", "backdoor-patch", "backdoor-blend", "backdoor-lighting", "scaling",
     "signflip", "gaussian", "scale", "alie", "ipm", "minmax", "minsum", "fang-krum",
     "fang-trim", "mimic", "poisonedfl", "dba", "mpaf", "neurotoxin", "adaptive",
-    "fltrust-adaptive",
+    "fltrust-adaptive", "edge-case", "a3fl",
 }
 
 

@@ -246,3 +246,80 @@ def test_adaptive_attacks_refuse_what_they_cannot_do():
         make("adaptive", base="labelflip")
     with pytest.raises(AttackError, match="not supported"):
         make("fltrust-adaptive", knowledge="own")
+
+
+# --- edge-case and A3FL -----------------------------------------------------------------------
+def test_edge_case_poisons_the_least_ink_tail_of_the_source_class():
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.clients.attacks.edge import ink
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=10, num_malicious=2, attack="edge-case")
+    task = get_task(cfg)
+    attack = attack_from_config(cfg, task.dataset)
+    x, y = task.client_data(0)
+    attack.prepare(task, task.initial_vector(), x, y, torch_generator(0))
+    train_x, train_y = torch.as_tensor(task.dataset.train_x), torch.as_tensor(task.dataset.train_y)
+    sevens = ink(train_x[train_y == 7])
+    cutoff = torch.sort(sevens).values[round(0.1 * len(sevens)) - 1]
+    assert bool((ink(attack._edge) <= cutoff).all()) and len(attack._edge) == round(
+        0.1 * len(sevens))
+    px, py = attack.poison(x, y, torch_generator(1))
+    added = px.shape[0] - x.shape[0]
+    assert added == len(attack._edge) and bool((py[-added:] == 1).all())
+    assert torch.equal(px[: x.shape[0]], x) and torch.equal(py[: x.shape[0]], y)
+    test_inputs, target = attack.asr_inputs(torch.as_tensor(task.dataset.test_x),
+                                            torch.as_tensor(task.dataset.test_y))
+    assert target == 1 and 0 < len(test_inputs) < 10  # the test set's tail of its 7s
+    sent = attack.finish(torch.ones(5), torch.zeros(5))
+    sent = attack.finish(torch.full((5,), 10.0), torch.full((5,), 0.1))  # global moved by 0.1
+    assert float(sent.norm()) == pytest.approx(2.0 * float(torch.full((5,), 0.1).norm()))
+
+
+def test_a3fl_optimises_its_trigger_against_the_model_each_round():
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=10, num_malicious=2, attack="a3fl")
+    task = get_task(cfg)
+    attack = attack_from_config(cfg, task.dataset)
+    x, y = task.client_data(0)
+    blank = torch.full((1, 1, 8, 8), task.dataset.low)
+    assert float(attack.trigger(blank)[0, 0, -1, -1]) == pytest.approx(task.dataset.high)
+    theta = task.initial_vector()
+    attack.prepare(task, theta, x, y, torch_generator(0))
+    first = attack._pattern.clone()
+    assert float(first.min()) < task.dataset.high - 1e-3  # optimised away from the white patch
+    assert float(first.min()) >= task.dataset.low - 1e-6
+    assert float(first.max()) <= task.dataset.high + 1e-6
+    attack.prepare(task, theta, x, y, torch_generator(1))  # same global model: kept
+    assert torch.equal(attack._pattern, first)
+    attack.prepare(task, theta + 0.01, x, y, torch_generator(1))  # a new round: re-optimised
+    assert not torch.equal(attack._pattern, first)
+    stamped = attack.trigger(blank)
+    assert torch.equal(stamped[0, :, -3:, -3:], attack._pattern)
+    assert torch.equal(stamped[0, :, :5], blank[0, :, :5])  # only the patch window changes
+
+
+def test_new_attacks_that_need_the_inline_engine_are_refused_elsewhere():
+    from fedshield.simulations import scenario as sc
+
+    for attack in ("a3fl", "mpaf"):
+        cells = sc.expand(sc.from_dict({"engine": "flower", "attack": attack,
+                                        "num_malicious": 2}))
+        with pytest.raises(sc.ScenarioError, match="inline"):
+            sc.validate_components(cells)
+
+
+def test_every_attack_states_its_threat_model():
+    from fedshield.clients.attacks import available_attacks
+    from fedshield.simulations.cli import main
+
+    listing = available_attacks()
+    for name in ("poisonedfl", "mpaf", "neurotoxin", "dba", "a3fl", "edge-case", "adaptive",
+                 "fltrust-adaptive"):
+        assert listing[name]["observes"] != "the current round only", name
+    assert listing["alie"]["observes"] == "the current round only"
+    assert main(["list", "attacks"]) == 0

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from fedshield.clients.attacks import (  # noqa: F401  (register the attacks)
+    a3fl,
     adaptive,
     data,
+    edge,
     fang,
     minmax,
     model,
@@ -99,6 +101,7 @@ def available_attacks() -> dict[str, dict[str, Any]]:
         out[name] = {
             "kind": cls.kind,
             "knowledge": knowledge,
+            "observes": cls.observes,
             "params": constructor_params(cls),
             "summary": doc[0] if doc else "",
         }

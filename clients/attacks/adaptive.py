@@ -110,6 +110,7 @@ class Adaptive(_Omniscient):
     docstring). ``base`` names the attack, ``base_params`` its parameters."""
 
     name: ClassVar[str] = "adaptive"
+    observes: ClassVar[str] = "the deployed rule (white box), searched every round"
 
     def __init__(self, *, base: str = "alie", base_params: dict[str, Any] | None = None,
                  knowledge: str = "omniscient") -> None:
@@ -151,6 +152,7 @@ class FLTrustAdaptive(_Omniscient):
     estimated root update that does the most damage while keeping a positive cosine."""
 
     name: ClassVar[str] = "fltrust-adaptive"
+    observes: ClassVar[str] = "the deployed rule; estimates the server's root update"
 
     def __init__(self, *, knowledge: str = "omniscient") -> None:
         super().__init__()

@@ -43,6 +43,8 @@ class Attack:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    #: the threat model beyond ``knowledge``: what the attacker observes across rounds
+    observes: ClassVar[str] = "the current round only"
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters after validation (for ledgers and reports)."""
@@ -96,6 +98,11 @@ class DataAttack(Attack):
         from ``global_vec``: × ``boost`` (model replacement); may work in place."""
         boost = self.boost
         return delta if boost == 1.0 else delta.mul_(boost)
+
+    def prepare(self, task: Any, global_vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> None:
+        """Before poisoning, with the global model the client received (``task`` builds models
+        from vectors): attacks that adapt to the model (A3FL's trigger) do their work here."""
 
     def for_client(self, malicious_index: int) -> DataAttack:
         """The attack as the ``malicious_index``-th malicious client runs it (the same attack

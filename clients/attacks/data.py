@@ -375,6 +375,7 @@ class DBA(_Backdoor):
     """
 
     name: ClassVar[str] = "dba"
+    observes: ClassVar[str] = "its position among the colluding attackers (its trigger piece)"
 
     def __init__(
         self,
@@ -448,6 +449,7 @@ class Neurotoxin(BackdoorPatch):
     """
 
     name: ClassVar[str] = "neurotoxin"
+    observes: ClassVar[str] = "the global model's last move (remembered from the last round)"
 
     def __init__(
         self,
@@ -477,7 +479,7 @@ class Neurotoxin(BackdoorPatch):
             raise AttackError(f"attack {self.name!r}: norm_factor must be > 0, got "
                               f"{norm_factor!r}")
         self.norm_factor = float(norm_factor)
-        self._seen: list[torch.Tensor] = []  # the last two distinct global models
+        self._moves = GlobalMoves()
 
     def mask(self, move: torch.Tensor) -> torch.Tensor:
         """(d,) bool: True outside the top ``top_k`` share of |move| (ties: lower index first)."""
@@ -489,14 +491,30 @@ class Neurotoxin(BackdoorPatch):
         return keep
 
     def finish(self, delta: torch.Tensor, global_vec: torch.Tensor) -> torch.Tensor:
-        theta = global_vec.detach().to(torch.float32)
-        if not self._seen or not torch.equal(self._seen[-1], theta):
-            self._seen = [*self._seen[-1:], theta.clone()]
+        move = self._moves.observe(global_vec)
         delta = super().finish(delta, global_vec)
-        if len(self._seen) < 2:
+        if move is None:
             return delta
-        move = self._seen[1] - self._seen[0]
-        out = delta * self.mask(move).to(delta.dtype)
-        radius = self.norm_factor * float(torch.linalg.vector_norm(move.double()))
-        norm = float(torch.linalg.vector_norm(out.double()))
-        return out * (radius / norm) if norm > radius > 0 else out
+        return project_to_ball(delta * self.mask(move).to(delta.dtype), move, self.norm_factor)
+
+
+class GlobalMoves:
+    """What a malicious client remembers across rounds: the last two distinct global models it
+    received; :meth:`observe` returns the last move θ_t − θ_{t−1} (None before a second one)."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def observe(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        theta = global_vec.detach().to(torch.float32)
+        if not self.seen or not torch.equal(self.seen[-1], theta):
+            self.seen = [*self.seen[-1:], theta.clone()]
+        return self.seen[1] - self.seen[0] if len(self.seen) == 2 else None
+
+
+def project_to_ball(delta: torch.Tensor, move: torch.Tensor, factor: float) -> torch.Tensor:
+    """``delta`` scaled onto the ball of radius ``factor`` · ‖move‖ if it lies outside (the
+    norm constraint of Neurotoxin's and the edge-case attack's projected gradient descent)."""
+    radius = factor * float(torch.linalg.vector_norm(move.double()))
+    norm = float(torch.linalg.vector_norm(delta.double()))
+    return delta * (radius / norm) if norm > radius > 0 else delta

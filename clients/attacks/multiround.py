@@ -47,6 +47,7 @@ class PoisonedFL(ModelAttack):
     shrinking when the global model stops moving along the direction."""
 
     name: ClassVar[str] = "poisonedfl"
+    observes: ClassVar[str] = "the global models of past rounds (no honest update)"
 
     def __init__(self, *, scale: float = 8.0, beta: float = 0.7, check_every: int = 5,
                  alignment: float = 0.5) -> None:
@@ -115,6 +116,7 @@ class MPAF(ModelAttack):
 
     name: ClassVar[str] = "mpaf"
     fake: ClassVar[bool] = True
+    observes: ClassVar[str] = "the global model; its clients are fake (added, no data)"
 
     def __init__(self, *, lam: float = 10.0) -> None:
         super().__init__()
