@@ -112,6 +112,12 @@ def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, s
         grid = Grid([c for c in cells if not c.get("clean")], summary_value(key))
         if grid.stats:
             sections.append((name, grid, False))
+    stop = Grid(cells, summary_value("asr_at_stop"))
+    if stop.stats:
+        sections.append(("Durability: ASR at the round the attackers stopped (%)", stop, True))
+        sections.append(("Durability: evaluated rounds after the stop whose ASR is still at "
+                         "least half of that", Grid(cells, summary_value("durable_rounds")),
+                         False))
     sections.append(("Aggregation time per round (ms)", Grid(
         cells, lambda c: None if c["summary"].get("aggregation_seconds") is None
         else 1000 * c["summary"]["aggregation_seconds"]), False))

@@ -1,11 +1,12 @@
-"""``fedshield findings {fltrust,bucketing,alie-ipm,detection} DIR``: check the published
+"""``fedshield findings {fltrust,bucketing,alie-ipm,detection,attacks} DIR``: check the published
 qualitative findings against a results directory, and print the measured tables beside the
 published values.
 
 One module per reproduction, each with its paper, its pass criteria and its published table:
 :mod:`.fltrust` (preset ``fltrust-mnist``), :mod:`.bucketing` (``bucketing-mnist``) and
 :mod:`.alie_ipm` (``alie-ipm``), :mod:`.detection` (``detection``, ``detection-mnist``: the
-detecting defences and their papers' claims); :mod:`.results` reads the cells.
+detecting defences and their papers' claims), :mod:`.attacks` (``attacks``, ``durability`` and
+their MNIST twins: which rule each new attack breaks); :mod:`.results` reads the cells.
 
 Results are read from the store's finished-cell records (``DIR/cells/<id>.json``: resolved
 config, summary, wall time). Every value is the mean over the seeds present. A finding whose
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedshield.simulations.findings.alie_ipm import check_alie_ipm, error_table
+from fedshield.simulations.findings.attacks import breaks_table, check_attacks
 from fedshield.simulations.findings.bucketing import (
     BUCKETING_PUBLISHED,
     bucketing_table,
@@ -80,6 +82,13 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         check_alie_ipm,
         error_table,
         "Test error; the papers give no directly comparable cells (qualitative anchors only).",
+    ),
+    "attacks": Reproduction(
+        check_attacks,
+        breaks_table,
+        "A rule is broken by an untargeted attack when it loses more than 10 points of accuracy "
+        "against its own no-attack run, by a backdoor when the final ASR is at least 50 % "
+        "(means over seeds).",
     ),
     "detection": Reproduction(
         check_detection,

@@ -31,6 +31,9 @@ class Cell:
     precision: float | None = None
     recall: float | None = None
     fpr: float | None = None
+    # durability (runs whose attackers stop): ASR at the stop, evaluated rounds it stays >= half
+    asr_at_stop: float | None = None
+    durable_rounds: int | None = None
 
     @property
     def error(self) -> float:
@@ -78,7 +81,8 @@ def cell_from_record(record: dict[str, Any]) -> Cell:
         seconds=None if seconds is None else float(seconds),
         config=dict(config),
         **{key: None if summary.get(key) is None else float(summary[key])
-           for key in ("precision", "recall", "fpr")},
+           for key in ("precision", "recall", "fpr", "asr_at_stop")},
+        durable_rounds=summary.get("durable_rounds"),
     )
 
 
