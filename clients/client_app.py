@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedshield.tasks.config import ConfigError, RunConfig
@@ -61,6 +61,11 @@ def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
     return pid, pid in set(cfg.malicious_ids())
 
 
+#: the node-state record where a malicious node keeps its attack's memory between rounds (the
+#: ClientApp is rebuilt for every message: Neurotoxin's last global model lives here)
+ATTACK_MEMORY = "fedshield-attack-memory"
+
+
 def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
     """The run's data attack for a malicious node (None for a model attack or attack='none'):
     the one builder the inline engine and the ServerApp use (``attack_from_config``)."""
@@ -74,6 +79,8 @@ def _data_attack(cfg: RunConfig, dataset: Any) -> Any | None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    import torch
+
     from fedshield.clients.client import client_update
 
     cfg = run_config(context)
@@ -83,7 +90,13 @@ def train(msg: Message, context: Context) -> Message:
     global_vec = arrayrecord_to_vector(received, task.layout)
     server_round = int(msg.content["config"]["server-round"])
     attack = _data_attack(cfg, task.dataset) if malicious else None
+    if attack is not None and ATTACK_MEMORY in context.state:  # what it saw in earlier rounds
+        saved = context.state[ATTACK_MEMORY]
+        attack.restore({key: torch.from_numpy(saved[key].numpy()) for key in saved})
     result = client_update(task, pid, global_vec, server_round, attack=attack, cfg=cfg)
+    if attack is not None and attack.memory():
+        context.state[ATTACK_MEMORY] = ArrayRecord(
+            {key: Array(value.detach().cpu().numpy()) for key, value in attack.memory().items()})
     content = RecordDict({
         "arrays": to_arrayrecord(global_vec + result.delta, task.layout),
         "metrics": MetricRecord({"train_loss": float(result.loss),

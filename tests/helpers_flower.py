@@ -89,6 +89,7 @@ class InProcessGrid:
         self.crash_in_round = crash_in_round
         self.node_config = node_config or {}
         self.calls = 0
+        self.states = {node: RecordDict() for node in self.nodes}  # a SuperNode's node state
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
@@ -108,7 +109,8 @@ class InProcessGrid:
         for msg in messages:
             node = msg.metadata.dst_node_id
             pid = self.nodes[node]
-            ctx = Context(run_id=1, node_id=node, state=RecordDict(), run_config=self.run_config,
+            ctx = Context(run_id=1, node_id=node, state=self.states[node],
+                          run_config=self.run_config,
                           node_config={"partition-id": pid, "num-partitions": len(self.nodes),
                                        **self.node_config.get(pid, {})})
             replies.append(train(msg, ctx))

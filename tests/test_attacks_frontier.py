@@ -323,3 +323,42 @@ def test_every_attack_states_its_threat_model():
         assert listing[name]["observes"] != "the current round only", name
     assert listing["alie"]["observes"] == "the current round only"
     assert main(["list", "attacks"]) == 0
+
+
+def test_a_flower_client_remembers_the_last_global_model_for_neurotoxin():
+    """The ClientApp is rebuilt for every message: a malicious node keeps Neurotoxin's memory
+    (the last global model it received) in its node state, so round 2 is masked."""
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+    from helpers_flower import metadata
+
+    from fedshield.clients.client_app import ATTACK_MEMORY, train
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.params import to_arrayrecord
+    from fedshield.tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=4, num_malicious=1, attack="neurotoxin",
+                    attack_params={"top_k": 0.5})
+    task = get_task(cfg)
+    pid = cfg.malicious_ids()[0]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    state = RecordDict()
+    theta = task.initial_vector()
+    deltas = []
+    for rnd, vec in ((1, theta), (2, theta + 0.01 * torch.arange(theta.numel()) / theta.numel())):
+        content = RecordDict({"arrays": to_arrayrecord(vec, task.layout),
+                              "config": ConfigRecord({"server-round": rnd})})
+        msg = Message(content=content, metadata=metadata(7))
+        ctx = Context(run_id=1, node_id=7, state=state,
+                      run_config={k.replace("_", "-"): v for k, v in cfg.to_flower().items()},
+                      node_config={"partition-id": pid, "num-partitions": 4})
+        reply = train(msg, ctx)
+        local = np.concatenate([reply.content["arrays"][k].numpy().reshape(-1)
+                                for k in reply.content["arrays"]])
+        deltas.append(torch.from_numpy(local) - vec)
+        assert ATTACK_MEMORY in state
+    assert isinstance(state[ATTACK_MEMORY], ArrayRecord)
+    zero_share = float((deltas[1].abs() < 1e-7).double().mean())
+    assert zero_share >= 0.45  # the top half of the last move is masked in round 2
+    assert float((deltas[0].abs() < 1e-7).double().mean()) < zero_share

@@ -104,6 +104,14 @@ class DataAttack(Attack):
         """Before poisoning, with the global model the client received (``task`` builds models
         from vectors): attacks that adapt to the model (A3FL's trigger) do their work here."""
 
+    def memory(self) -> dict[str, torch.Tensor]:
+        """What the attacker must remember between rounds (tensors), for a client process that
+        is rebuilt every round (the Flower ClientApp keeps it in the node's state)."""
+        return {}
+
+    def restore(self, memory: dict[str, torch.Tensor]) -> None:
+        """Take back what :meth:`memory` returned in an earlier round."""
+
     def for_client(self, malicious_index: int) -> DataAttack:
         """The attack as the ``malicious_index``-th malicious client runs it (the same attack
         for every client, except for distributed attacks such as DBA)."""

@@ -428,8 +428,49 @@ class DBA(_Backdoor):
         return view
 
 
+class RemembersGlobalMoves:
+    """For attacks that keep a :class:`GlobalMoves` in ``_moves``: it is their memory."""
+
+    _moves: GlobalMoves
+
+    def memory(self) -> dict[str, torch.Tensor]:
+        return self._moves.as_dict()
+
+    def restore(self, memory: dict[str, torch.Tensor]) -> None:
+        self._moves.load(memory)
+
+
+class GlobalMoves:
+    """What a malicious client remembers across rounds: the last two distinct global models it
+    received; :meth:`observe` returns the last move θ_t − θ_{t−1} (None before a second one)."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f"global-{i}": t for i, t in enumerate(self.seen)}
+
+    def load(self, memory: dict[str, torch.Tensor]) -> None:
+        self.seen = [memory[k].to(torch.float32) for k in sorted(memory)
+                     if k.startswith("global-")][-2:]
+
+    def observe(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        theta = global_vec.detach().to(torch.float32)
+        if not self.seen or not torch.equal(self.seen[-1], theta):
+            self.seen = [*self.seen[-1:], theta.clone()]
+        return self.seen[1] - self.seen[0] if len(self.seen) == 2 else None
+
+
+def project_to_ball(delta: torch.Tensor, move: torch.Tensor, factor: float) -> torch.Tensor:
+    """``delta`` scaled onto the ball of radius ``factor`` · ‖move‖ if it lies outside (the
+    norm constraint of Neurotoxin's and the edge-case attack's projected gradient descent)."""
+    radius = factor * float(torch.linalg.vector_norm(move.double()))
+    norm = float(torch.linalg.vector_norm(delta.double()))
+    return delta * (radius / norm) if norm > radius > 0 else delta
+
+
 @register
-class Neurotoxin(BackdoorPatch):
+class Neurotoxin(RemembersGlobalMoves, BackdoorPatch):
     """Neurotoxin (Zhang, Panda, Song, Yang, Mahoney, Gonzalez, Ramchandran, Mittal, "Neurotoxin:
     Durable Backdoors in Federated Learning", ICML 2022).
 
@@ -496,25 +537,3 @@ class Neurotoxin(BackdoorPatch):
         if move is None:
             return delta
         return project_to_ball(delta * self.mask(move).to(delta.dtype), move, self.norm_factor)
-
-
-class GlobalMoves:
-    """What a malicious client remembers across rounds: the last two distinct global models it
-    received; :meth:`observe` returns the last move θ_t − θ_{t−1} (None before a second one)."""
-
-    def __init__(self) -> None:
-        self.seen: list[torch.Tensor] = []
-
-    def observe(self, global_vec: torch.Tensor) -> torch.Tensor | None:
-        theta = global_vec.detach().to(torch.float32)
-        if not self.seen or not torch.equal(self.seen[-1], theta):
-            self.seen = [*self.seen[-1:], theta.clone()]
-        return self.seen[1] - self.seen[0] if len(self.seen) == 2 else None
-
-
-def project_to_ball(delta: torch.Tensor, move: torch.Tensor, factor: float) -> torch.Tensor:
-    """``delta`` scaled onto the ball of radius ``factor`` · ‖move‖ if it lies outside (the
-    norm constraint of Neurotoxin's and the edge-case attack's projected gradient descent)."""
-    radius = factor * float(torch.linalg.vector_norm(move.double()))
-    norm = float(torch.linalg.vector_norm(delta.double()))
-    return delta * (radius / norm) if norm > radius > 0 else delta

@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 import torch
 
 from fedshield.clients.attacks.base import AttackError, check_fraction, check_label, register
-from fedshield.clients.attacks.data import GlobalMoves, _Base, _choose, project_to_ball
+from fedshield.clients.attacks.data import (
+    GlobalMoves,
+    RemembersGlobalMoves,
+    _Base,
+    _choose,
+    project_to_ball,
+)
 
 
 def ink(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +48,7 @@ def tail_mask(x: torch.Tensor, share: float) -> torch.Tensor:
 
 
 @register
-class EdgeCase(_Base):
+class EdgeCase(RemembersGlobalMoves, _Base):
     """Edge-case backdoor (Wang et al. NeurIPS'20): the least-ink tail of ``source`` relabelled
     ``target``, the update projected onto a norm ball (module docstring)."""
 
