@@ -19,51 +19,13 @@ from fedshield.clients.attacks import (  # noqa: F401  (register the attacks)
 )
 from fedshield.clients.attacks.adversary import apply_model_attack
 from fedshield.clients.attacks.base import (
-    CONTEXT_ARGS,
     AttackError,
     DataAttack,
     ModelAttack,
     constructor_params,
+    create_attack,
     registry,
 )
-
-
-def create_attack(
-    name: str,
-    *,
-    num_classes: int,
-    low: float,
-    high: float,
-    num_clients: int | None = None,
-    num_malicious: int | None = None,
-    **params: Any,
-) -> DataAttack | ModelAttack:
-    """Build the attack ``name`` with ``params``.
-
-    ``num_classes``, ``low``, ``high`` (the normalised black / white pixel values) describe the
-    task; ``num_clients`` / ``num_malicious`` resolve ``boost="auto"`` / ``"n"`` (without them the
-    boost stays pending until ``attack.bind(n, m)``, which ``clients.client`` does from the run
-    config). Unknown
-    names or parameters raise :class:`AttackError` listing the valid ones.
-    """
-    reg = registry()
-    if name not in reg:
-        raise AttackError(
-            f"unknown attack {name!r}; available: {', '.join(sorted(reg))} "
-            "('none' means no attack and is handled by the caller)"
-        )
-    cls = reg[name]
-    allowed = constructor_params(cls)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise AttackError(
-            f"attack {name!r}: unknown parameter(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(allowed)) or '(none)'}"
-        )
-    context = {"num_classes": num_classes, "low": low, "high": high,
-               "num_clients": num_clients, "num_malicious": num_malicious}
-    accepted = constructor_params_with_context(cls)
-    return cls(**{k: v for k, v in context.items() if k in accepted}, **params)
 
 
 def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | None:
@@ -83,12 +45,6 @@ def attack_from_config(cfg: Any, dataset: Any) -> DataAttack | ModelAttack | Non
         num_clients=cfg.per_round, num_malicious=max(1, cfg.malicious_per_round),
         **cfg.attack_params,
     )
-
-
-def constructor_params_with_context(cls: type) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters) & set(CONTEXT_ARGS)
 
 
 def available_attacks() -> dict[str, dict[str, Any]]:

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedshield.clients.attacks._linalg import mean
-from fedshield.clients.attacks.base import AttackError, ModelAttack, register
+from fedshield.clients.attacks.base import AttackError, ModelAttack, create_attack, register
 
 GAMMAS = tuple(2.0 ** k for k in range(-4, 9))
 ANGLES = tuple(range(5, 90, 5))  # degrees: 17 evaluations of the rule per round
@@ -118,8 +118,6 @@ class Adaptive(_Omniscient):
                  knowledge: str = "omniscient") -> None:
         super().__init__()
         self._set_knowledge(knowledge)
-        from fedshield.clients.attacks import create_attack
-
         if base in ("adaptive", "fltrust-adaptive"):
             raise AttackError(f"attack {self.name!r}: base must be another model attack")
         self.base = base

@@ -324,3 +324,45 @@ def resolve_boost(
             f"attack {attack!r}: boost must be a number > 0, 'auto' or 'n', got {value!r}"
         )
     return check_positive(attack, "boost", value)
+
+
+def create_attack(
+    name: str,
+    *,
+    num_classes: int,
+    low: float,
+    high: float,
+    num_clients: int | None = None,
+    num_malicious: int | None = None,
+    **params: Any,
+) -> DataAttack | ModelAttack:
+    """Build the attack ``name`` with ``params``.
+
+    ``num_classes``, ``low``, ``high`` (the normalised black / white pixel values) describe the
+    task; ``num_clients`` / ``num_malicious`` resolve ``boost="auto"`` / ``"n"`` (without them the
+    boost stays pending until ``attack.bind(n, m)``, which ``clients.client`` does from the run
+    config). Unknown
+    names or parameters raise :class:`AttackError` listing the valid ones.
+    """
+    reg = registry()
+    if name not in reg:
+        raise AttackError(
+            f"unknown attack {name!r}; available: {', '.join(sorted(reg))} "
+            "('none' means no attack and is handled by the caller)"
+        )
+    cls = reg[name]
+    allowed = constructor_params(cls)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise AttackError(
+            f"attack {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+    context = {"num_classes": num_classes, "low": low, "high": high,
+               "num_clients": num_clients, "num_malicious": num_malicious}
+    accepted = constructor_params_with_context(cls)
+    return cls(**{k: v for k, v in context.items() if k in accepted}, **params)
+
+
+def constructor_params_with_context(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) & set(CONTEXT_ARGS)
