@@ -15,8 +15,8 @@ Claims checked:
   centralised one — DBA's ASR on FedAvg ≥ the patch backdoor's;
 - (T4) A3FL (Zhang et al. NeurIPS'23): its adaptive trigger beats a fixed one under defences —
   A3FL's ASR ≥ the patch backdoor's under most robust rules;
-- (T5) edge-case (Wang et al. NeurIPS'20): tail backdoors pass robust rules — it takes hold on
-  FedAvg (ASR ≥ 20 %) and its ASR on Krum and median is within 10 points of FedAvg's;
+- (T5) edge-case (Wang et al. NeurIPS'20): tail backdoors pass the robust rules that select
+  updates — its ASR on Krum is at least 50 % (the paper's Krum and Multi-Krum fail);
 - (T6) FLTrust (Cao et al. NDSS'21): FLTrust withstands its adaptive attack — within 5 points of
   its accuracy without attack;
 - (T7) Neurotoxin (Zhang et al. ICML'22): more durable than the baseline backdoor — more
@@ -120,11 +120,8 @@ def check_attacks(results: Results) -> list[Finding]:
                                                f"{len(compared)} robust rules")
 
     def edge() -> tuple[bool, str]:
-        base = asr("fedavg", "edge-case")
-        others = {x: asr(x, "edge-case") for x in ("krum", "median")}
-        return base >= 0.2 and all(v >= base - 0.10 for v in others.values()), (
-            f"FedAvg {100 * base:.1f} %, " + ", ".join(f"{k} {100 * v:.1f} %"
-                                                        for k, v in others.items()))
+        krum, base = asr("krum", "edge-case"), asr("fedavg", "edge-case")
+        return krum >= 0.5, f"ASR on Krum {100 * krum:.1f} %, on FedAvg {100 * base:.1f} %"
 
     def fltrust() -> tuple[bool, str]:
         clean = _need(_mean(_group(r, "fltrust", "none"), "accuracy"), "fltrust × none")
@@ -151,8 +148,8 @@ def check_attacks(results: Results) -> list[Finding]:
                 sources["dba"], dba),
         finding("a3fl-beats-fixed", "A3FL's ASR ≥ the patch backdoor's under most robust rules",
                 sources["a3fl"], a3fl),
-        finding("edge-case-passes", "edge-case takes hold (FedAvg ASR ≥ 20 %) and passes Krum "
-                "and median (within 10 points)", sources["edge"], edge),
+        finding("edge-case-passes", "the edge-case backdoor passes Krum (ASR ≥ 50 %)",
+                sources["edge"], edge),
         finding("fltrust-withstands-adaptive", "FLTrust within 5 points under its adaptive "
                 "attack", sources["fltrust"], fltrust),
         finding("neurotoxin-durable", "Neurotoxin outlasts the patch backdoor on FedAvg",
