@@ -515,11 +515,7 @@ class Neurotoxin(RemembersGlobalMoves, BackdoorPatch):
             num_clients=num_clients, num_malicious=num_malicious,
         )
         self.top_k = check_fraction(self.name, "top_k", top_k)
-        if not (isinstance(norm_factor, int | float) and not isinstance(norm_factor, bool)
-                and norm_factor > 0):
-            raise AttackError(f"attack {self.name!r}: norm_factor must be > 0, got "
-                              f"{norm_factor!r}")
-        self.norm_factor = float(norm_factor)
+        self.norm_factor = check_positive(self.name, "norm_factor", norm_factor)
         self._moves = GlobalMoves()
 
     def mask(self, move: torch.Tensor) -> torch.Tensor:

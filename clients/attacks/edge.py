@@ -22,7 +22,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedshield.clients.attacks.base import AttackError, check_fraction, check_label, register
+from fedshield.clients.attacks.base import (
+    AttackError,
+    check_fraction,
+    check_label,
+    check_positive,
+    register,
+)
 from fedshield.clients.attacks.data import (
     GlobalMoves,
     RemembersGlobalMoves,
@@ -67,11 +73,7 @@ class EdgeCase(RemembersGlobalMoves, _Base):
         if self.source == self.target:
             raise AttackError(f"attack {self.name!r}: source and target must differ")
         self.tail = check_fraction(self.name, "tail", tail)
-        if not (isinstance(norm_factor, int | float) and not isinstance(norm_factor, bool)
-                and norm_factor > 0):
-            raise AttackError(f"attack {self.name!r}: norm_factor must be > 0, got "
-                              f"{norm_factor!r}")
-        self.norm_factor = float(norm_factor)
+        self.norm_factor = check_positive(self.name, "norm_factor", norm_factor)
         self._moves = GlobalMoves()
         self._edge: torch.Tensor | None = None  # the edge-case images (from the training split)
 
