@@ -12,8 +12,8 @@ trained network's update lies:
    and the low-frequency part F_i = (X_0, …, X_{⌈ρ·d⌉−1}) is kept (ρ = ``fraction``, ½ in the
    paper: the first half of the coefficients of the flattened vector).
 2. **Clustering.** Cosine distances 1 − cos(F_i, F_j); HDBSCAN with ``min_cluster_size`` =
-   ⌊n/2⌋ + 1 (the shared kernel of FLAME); the largest cluster is kept, every other client is
-   flagged.
+   ⌊n/2⌋ + 1 — FLAME's filter (:class:`~fedshield.aggregators.flame.FlameFilter`), run on the
+   low-frequency vectors; the largest cluster is kept, every other client is flagged.
 3. **Aggregation.** The paper averages the kept updates: ``detect`` with ``inner = "fedavg"``
    is FreqFed; any other inner rule may follow instead.
 
@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedshield.aggregators.base import AggregatorError, Context, Param
+from fedshield.aggregators.base import Context, Param
 from fedshield.aggregators.detection import Detection, Detector, register_detector
-from fedshield.aggregators.kernels import cosine_distances, majority_cluster
-from fedshield.aggregators.validation import interval, non_negative_int
+from fedshield.aggregators.flame import FlameFilter
+from fedshield.aggregators.validation import interval
 
 _ROWS_PER_BLOCK = 8
 
@@ -50,13 +50,6 @@ def low_frequency(updates: torch.Tensor, fraction: float) -> torch.Tensor:
         block = updates[start:start + _ROWS_PER_BLOCK].double().numpy()
         out[start:start + block.shape[0]] = dct(block, type=2, norm="ortho", axis=1)[:, :keep]
     return torch.from_numpy(out)
-
-
-def _cluster_size(rule: str, name: str, value: Any) -> int:
-    if non_negative_int(rule, name, value) < 2:
-        raise AggregatorError(f"{rule}: {name} must be None (⌊n/2⌋+1) or an int >= 2, "
-                              f"got {value!r}")
-    return value
 
 
 @register_detector
@@ -75,15 +68,15 @@ class FreqFed(Detector):
     name: ClassVar[str] = "freqfed"
     parameters: ClassVar[dict[str, Param]] = {
         "fraction": Param(0.5, interval(0.0, 1.0, closed_lo=False)),
-        "min_cluster_size": Param(None, _cluster_size),
+        "min_cluster_size": FlameFilter.parameters["min_cluster_size"],
     }
     examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"fraction": 0.1, "min_cluster_size": 2})
 
+    def setup(self) -> None:
+        self._filter = FlameFilter(min_cluster_size=self.min_cluster_size)
+
     def detect(self, x: torch.Tensor, ctx: Context) -> Detection:
-        n = x.shape[0]
-        distances = cosine_distances(low_frequency(x, self.fraction))
-        size = self.min_cluster_size if self.min_cluster_size is not None else n // 2 + 1
-        kept = torch.from_numpy(majority_cluster(distances.numpy(), size))
-        scores = distances.median(dim=1).values if n > 1 else torch.zeros(n, dtype=torch.float64)
-        return Detection(flags=~kept, scores=scores,
-                         diagnostics={"coefficients": math.ceil(self.fraction * x.shape[1])})
+        # FLAME's clustering, on the low-frequency coefficients instead of the whole updates
+        found = self._filter.detect(low_frequency(x, self.fraction), ctx)
+        found.diagnostics["coefficients"] = math.ceil(self.fraction * x.shape[1])
+        return found
