@@ -402,16 +402,25 @@ def inner_context(context: Context) -> dict[str, Any]:
 
 
 class PreAggregator(Rule):
-    """A rule that transforms the rows, then hands them to an ``inner`` rule (bucketing, NNM):
+    """A rule that transforms the rows, then hands them to an ``inner`` rule (bucketing, NNM,
+    ARC, detect):
     the inner rule is a Rule instance or a registered name with ``inner_params``; the
     pre-aggregator needs a reference, or weights, when its inner rule does."""
 
     INNER: ClassVar[dict[str, Param]] = {"inner": Param("median"), "inner_params": Param(None)}
+    #: the inner rule sees each client's own row (clipped, or filtered), not mixtures of rows:
+    #: an inner rule with per-client state is allowed (ARC, detect)
+    KEEPS_ROWS: ClassVar[bool] = False
 
     def setup(self) -> None:
-        self._inner = resolve_inner(self.name, self.inner, self.inner_params)
+        self._inner = resolve_inner(self.name, self.inner, self.inner_params,
+                                    stateless=not self.KEEPS_ROWS)
         self.inner = self._inner.name
         self.inner_params = self._inner.params()
+
+    @property
+    def stateful(self) -> bool:  # type: ignore[override]
+        return self._inner.stateful
 
     @property
     def needs_reference(self) -> bool:  # type: ignore[override]

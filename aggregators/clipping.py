@@ -15,7 +15,6 @@ from fedshield.aggregators.base import (
     PreAggregator,
     Rule,
     register,
-    resolve_inner,
 )
 from fedshield.aggregators.kernels import row_norms, weighted_sum
 from fedshield.aggregators.validation import non_negative_int, positive, positive_int
@@ -166,10 +165,7 @@ class ARC(PreAggregator):
         {"f": 1}, {"f": 2, "inner": "krum", "inner_params": {"f": 2}},
         {"f": 1, "inner": "fedavg"})
     requirement: ClassVar[str] = "n > 2f"
-
-    def setup(self) -> None:
-        self._inner = resolve_inner(self.name, self.inner, self.inner_params, stateless=False)
-        self.inner, self.inner_params = self._inner.name, self._inner.params()
+    KEEPS_ROWS: ClassVar[bool] = True
 
     def min_clients(self) -> int:
         return max(2 * self.f + 1, self._inner.min_clients())

@@ -39,11 +39,10 @@ from fedshield.aggregators.base import (
     Component,
     Context,
     Param,
-    Rule,
+    PreAggregator,
     check_context,
     check_updates,
     register,
-    resolve_inner,
 )
 
 
@@ -121,7 +120,7 @@ def _detector_spec(rule: str, name: str, value: Any) -> Any:
 
 
 @register
-class Detect(Rule):
+class Detect(PreAggregator):
     """A detector in front of any rule: ``inner`` aggregates the rows the detector did not flag.
 
     Parameters
@@ -144,9 +143,9 @@ class Detect(Rule):
     parameters: ClassVar[dict[str, Param]] = {
         "detector": Param("fldetector", _detector_spec),
         "detector_params": Param(None),
-        "inner": Param("median"),
-        "inner_params": Param(None),
+        **PreAggregator.INNER,
     }
+    KEEPS_ROWS: ClassVar[bool] = True
     examples: ClassVar[tuple[dict[str, Any], ...]] = (
         {"detector": "fldetector"},
         {"detector": "freqfed", "inner": "fedavg"},
@@ -167,23 +166,15 @@ class Detect(Rule):
                                       f"{self.detector_params!r}")
             self._detector = create_detector(self.detector, **dict(self.detector_params or {}))
         self.detector, self.detector_params = self._detector.name, self._detector.params()
-        self._inner = resolve_inner("detect", self.inner, self.inner_params, stateless=False)
-        self.inner, self.inner_params = self._inner.name, self._inner.params()
+        super().setup()
 
     @property
     def stateful(self) -> bool:  # type: ignore[override]
         return self._detector.stateful or self._inner.stateful
 
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        return self._inner.needs_reference
-
-    def uses_weights(self) -> bool:
-        return self._inner.uses_weights()
-
     def reset(self) -> None:
         self._detector.reset()
-        self._inner.reset()
+        super().reset()
 
     def min_clients(self) -> int:
         return max(self._detector.min_clients(), self._inner.min_clients())
