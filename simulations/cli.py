@@ -164,8 +164,15 @@ def _load(spec: str, overrides: list[str], engine: str | None) -> Any:
         overrides = [*overrides, f"engine='{engine}'"]
     scenario = sc.load(spec, overrides)
     cells = sc.expand(scenario)
-    sc.validate_components(cells)
-    return scenario, cells
+    skipped = sc.validate_components(cells, scenario.infeasible)
+    if skipped:
+        reasons: dict[str, int] = {}
+        for reason in skipped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        print(f"infeasible = 'skip': {len(skipped)} cells left out", file=sys.stderr)
+        for reason, count in reasons.items():
+            print(f"  {count} x {reason}", file=sys.stderr)
+    return scenario, [c for c in cells if c.id not in skipped]
 
 
 def cmd_dry_run(spec: str, overrides: list[str], engine: str | None) -> int:

@@ -19,8 +19,15 @@ that a sweep can pair each rule with its own parameters::
 
 ``f = "auto"`` (in ``aggregator_params`` or an aggregator table, and in the nested
 ``inner_params`` of a pre-aggregator — bucketing, nnm — at any depth) resolves to
-``RunConfig.malicious_per_round``: the malicious clients the defender is configured to tolerate
-per round (the same count the attack plans with).
+``RunConfig.defender_f``: the malicious clients the defender is configured to tolerate per round —
+by default the count the attack plans with (``malicious_per_round``); with ``defender_fraction``
+in [0, 1), that fraction of each round's clients whatever the attack (a defender whose f stays
+fixed while a breakdown sweep raises the malicious fraction).
+
+``infeasible = "skip"`` (harness key; default ``"error"``) drops the cells whose rule cannot run
+at the round's size (Krum needs n ≥ 2f + 3, Bulyan n ≥ 4f + 3, ...) instead of refusing the
+sweep: a breakdown sweep raises f past what some rules accept. A cell whose malicious count is 0
+and whose attack-free twin is in the sweep is dropped as that twin's duplicate.
 
 A cell's id is a hash of its resolved run config and engine: the same cell in any sweep has the
 same id, which is how the results store skips finished cells.
@@ -52,7 +59,9 @@ HARNESS_KEYS: dict[str, Any] = {
     "seeds": None,
     "target_accuracy": 0.8,
     "workers": 2,
+    "infeasible": "error",
 }
+INFEASIBLE = ("error", "skip")
 ENGINES = ("inline", "flower")
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
 _TABLE_KEYS = {"aggregator": "aggregator_params", "attack": "attack_params",
@@ -92,6 +101,7 @@ class Scenario:
     workers: int
     run: dict[str, Any]  # run keys as given (lists are axes)
     source: str = ""
+    infeasible: str = "error"  # "skip": drop cells whose rule cannot run at the round's size
 
     @property
     def axes(self) -> list[str]:
@@ -105,6 +115,8 @@ class Scenario:
             "target_accuracy": self.target_accuracy,
             "workers": self.workers,
         }
+        if self.infeasible != HARNESS_KEYS["infeasible"]:
+            out["infeasible"] = self.infeasible
         out.update(self.run)
         return out
 
@@ -112,7 +124,8 @@ class Scenario:
 # --- ids and labels -----------------------------------------------------------------------------
 #: run keys added after results stores existed: left out of a cell's id at their default, so
 #: that the cells of earlier sweeps keep their ids
-LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}, "attack_stop": 0}
+LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}, "attack_stop": 0,
+                               "defender_fraction": -1.0}
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -248,6 +261,9 @@ def from_dict(data: dict[str, Any], source: str = "") -> Scenario:
     for key, value in run.items():
         if isinstance(value, list) and not value:
             raise ScenarioError(f"{key}: an empty list sweeps over nothing")
+    if harness["infeasible"] not in INFEASIBLE:
+        raise ScenarioError(f"infeasible must be one of {INFEASIBLE}, got "
+                            f"{harness['infeasible']!r}")
     return Scenario(
         name=str(harness["name"]),
         description=str(harness["description"]),
@@ -256,6 +272,7 @@ def from_dict(data: dict[str, Any], source: str = "") -> Scenario:
         workers=int(workers),
         run=run,
         source=source,
+        infeasible=harness["infeasible"],
     )
 
 
@@ -297,7 +314,17 @@ def expand(scenario: Scenario) -> list[Cell]:
             )
         seen[cell.id] = cell.axes
         cells.append(cell)
-    return cells
+    return [c for c in cells if not _duplicates_clean_twin(c, seen)]
+
+
+def _duplicates_clean_twin(cell: Cell, ids: dict[str, Any]) -> bool:
+    """An attack with no attacker (malicious fraction 0) runs its attack-free twin: drop it when
+    the twin is in the sweep (a breakdown sweep's fraction 0 under every attack)."""
+    cfg = cell.config
+    if cfg.attack == "none" or cfg.nominal_malicious > 0:
+        return False
+    twin = cfg.with_updates(attack="none", attack_params={})
+    return cell_id(twin, cell.engine) in ids
 
 
 def resolve_config(values: dict[str, Any]) -> RunConfig:
@@ -324,7 +351,7 @@ def resolve_config(values: dict[str, Any]) -> RunConfig:
     except ConfigError as exc:
         raise ScenarioError(str(exc)) from None
     params = cfg.aggregator_params
-    resolved = resolve_auto_f(params, cfg.malicious_per_round)
+    resolved = resolve_auto_f(params, cfg.defender_f)
     return cfg.with_updates(aggregator_params=resolved) if resolved != params else cfg
 
 
@@ -342,11 +369,13 @@ def resolve_auto_f(params: dict[str, Any], f: int) -> dict[str, Any]:
     return out
 
 
-def validate_components(cells: list[Cell]) -> None:
+def validate_components(cells: list[Cell], infeasible: str = "error") -> dict[str, str]:
     """Check every rule, attack, dataset, partition and model name/parameter set before a sweep
-    starts, so that a typo fails in a second rather than after an hour of other cells."""
-    from fedshield import aggregators
-    from fedshield.clients.attacks import AttackError, attack_from_config, available_attacks
+    starts, so that a typo fails in a second rather than after an hour of other cells.
+
+    A rule that cannot run at the round's size (``min_clients`` above it) refuses the sweep, or
+    with ``infeasible = "skip"`` is returned as {cell id: reason} for the caller to leave out."""
+    from fedshield.clients.attacks import available_attacks
     from fedshield.tasks.datasets import available_datasets
     from fedshield.tasks.models import available_models
     from fedshield.tasks.partition import available_partitions
@@ -356,41 +385,55 @@ def validate_components(cells: list[Cell]) -> None:
     _check_names("model", {c.config.model for c in cells}, available_models())
     attack_names = set(available_attacks()) | {"none"}
     _check_names("attack", {c.config.attack for c in cells}, attack_names)
-    done: set[str] = set()
+    verdicts: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for cell in cells:
         cfg = cell.config
-        key = json.dumps([cfg.aggregator, cfg.aggregator_params, cfg.attack, cfg.attack_params,
-                          cfg.num_clients, cfg.clients_per_round], sort_keys=True, default=str)
-        if key in done:
-            continue
-        done.add(key)
+        key = json.dumps([cell.engine, cfg.aggregator, cfg.aggregator_params, cfg.attack,
+                          cfg.attack_params, cfg.num_clients, cfg.clients_per_round],
+                         sort_keys=True, default=str)
+        if key not in verdicts:
+            verdicts[key] = _check_cell(cell)
+        if verdicts[key]:
+            if infeasible != "skip":
+                raise ScenarioError(verdicts[key] + "; or set infeasible = 'skip' to leave "
+                                    "such cells out")
+            skipped[cell.id] = verdicts[key]
+    return skipped
+
+
+def _check_cell(cell: Cell) -> str:
+    """Build the cell's rule and attack (errors raise); '' when the rule can run at the round's
+    size, else why it cannot."""
+    from fedshield import aggregators
+    from fedshield.clients.attacks import AttackError, attack_from_config
+
+    cfg = cell.config
+    try:
+        rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
+    except aggregators.AggregatorError as exc:
+        raise ScenarioError(f"aggregator: {exc}") from None
+    if cell.engine != "inline" and getattr(getattr(rule, "_detector", None),
+                                           "needs_binding", False):
+        raise ScenarioError(f"aggregator {cell.rule_label}: backdoor-indicator plants its "
+                            "indicator each round in the inline engine; set engine = 'inline'")
+    if cfg.attack != "none":
         try:
-            rule = aggregators.create(cfg.aggregator, **cfg.aggregator_params)
-        except aggregators.AggregatorError as exc:
-            raise ScenarioError(f"aggregator: {exc}") from None
-        if cell.engine != "inline" and getattr(getattr(rule, "_detector", None),
-                                               "needs_binding", False):
-            raise ScenarioError(f"aggregator {cell.rule_label}: backdoor-indicator plants its "
-                                "indicator each round in the inline engine; set engine = "
-                                "'inline'")
-        per_round = cfg.clients_per_round or cfg.num_clients
-        if rule.min_clients() > per_round:
-            raise ScenarioError(
-                f"aggregator {cell.rule_label} needs at least {rule.min_clients()} clients per "
-                f"round; the scenario aggregates {per_round} (num_clients / clients_per_round)"
-            )
-        if cfg.attack != "none":
-            try:
-                attack = attack_from_config(cfg, _PROBE_DATASET)
-            except AttackError as exc:
-                raise ScenarioError(f"attack: {exc}") from None
-            if getattr(attack, "fake", False) and cell.engine != "inline":
-                raise ScenarioError(f"attack {cell.attack_label} adds fake clients, which only "
-                                    "the inline engine simulates; set engine = 'inline'")
-            if getattr(attack, "dynamic_trigger", False) and cell.engine != "inline":
-                raise ScenarioError(f"attack {cell.attack_label} re-optimises its trigger each "
-                                    "round, which only the inline engine measures (the Flower "
-                                    "server holds its own copy); set engine = 'inline'")
+            attack = attack_from_config(cfg, _PROBE_DATASET)
+        except AttackError as exc:
+            raise ScenarioError(f"attack: {exc}") from None
+        if getattr(attack, "fake", False) and cell.engine != "inline":
+            raise ScenarioError(f"attack {cell.attack_label} adds fake clients, which only "
+                                "the inline engine simulates; set engine = 'inline'")
+        if getattr(attack, "dynamic_trigger", False) and cell.engine != "inline":
+            raise ScenarioError(f"attack {cell.attack_label} re-optimises its trigger each "
+                                "round, which only the inline engine measures (the Flower "
+                                "server holds its own copy); set engine = 'inline'")
+    if rule.min_clients() > cfg.per_round:
+        return (f"aggregator {cell.rule_label} needs at least {rule.min_clients()} clients per "
+                f"round; the scenario aggregates {cfg.per_round} (num_clients / "
+                "clients_per_round)")
+    return ""
 
 
 _PROBE_DATASET = SimpleNamespace(num_classes=10, low=0.0, high=1.0)

@@ -61,6 +61,9 @@ class RunConfig:
     malicious_fraction: float = 0.0
     num_malicious: int = -1  # >= 0 overrides malicious_fraction
     attack_stop: int = 0  # > 0: the attackers behave honestly after this round (durability)
+    # the defender's assumed malicious fraction: < 0 = the actual one (f = "auto" follows the
+    # attack), in [0, 1) = fixed, whatever the attack (a breakdown sweep's second question)
+    defender_fraction: float = -1.0
     # certification (simulations.certify): "none" | "flcert" | "crfl", and its parameters
     certify: str = "none"
     certify_params: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +91,9 @@ class RunConfig:
             raise ConfigError(
                 f"malicious_fraction must be in [0, 1), got {self.malicious_fraction}"
             )
+        if not (self.defender_fraction == -1.0 or 0.0 <= self.defender_fraction < 1.0):
+            raise ConfigError("defender_fraction must be -1 (follow the malicious fraction) or "
+                              f"in [0, 1), got {self.defender_fraction!r}")
         if self.num_malicious >= self.num_clients:
             raise ConfigError(
                 f"num_malicious={self.num_malicious} must be < num_clients={self.num_clients}"
@@ -136,12 +142,22 @@ class RunConfig:
     def malicious_per_round(self) -> int:
         """Malicious clients the defender and the attack plan for in one round: the nominal
         count under full participation, else its expected share of the sample rounded up,
-        ⌈nominal · per_round / num_clients⌉. It is the rule's ``f = "auto"`` (the same for an
-        attack-free cell, so it runs the same rule as the attacked ones) and the attack's m
+        ⌈nominal · per_round / num_clients⌉. It is the rule's ``f = "auto"`` unless
+        ``defender_fraction`` fixes it (the same for an attack-free cell, so it runs the same
+        rule as the attacked ones) and the attack's m
         (``boost = "auto"`` = n / m)."""
         if self.per_round == self.num_clients:
             return self.nominal_malicious
         return math.ceil(self.nominal_malicious * self.per_round / self.num_clients - 1e-9)
+
+    @property
+    def defender_f(self) -> int:
+        """The rule's ``f = "auto"``: :attr:`malicious_per_round` when ``defender_fraction`` is
+        -1, else ``defender_fraction · per_round`` rounded half up (a defender configured for a
+        fixed fraction, whatever the actual attack)."""
+        if self.defender_fraction < 0:
+            return self.malicious_per_round
+        return math.floor(self.defender_fraction * self.per_round + 0.5)
 
     def malicious_ids(self) -> list[int]:
         """Partition ids of the malicious clients: fixed for the run, chosen by the seed."""
