@@ -26,6 +26,7 @@ EPILOG = """examples:
   fedshield run smoke --set rounds=3          a preset (or a .toml path) with overrides
   fedshield sweep my.toml --set aggregator=[krum,median] --workers 2
   fedshield report results/default            Markdown + PNG plots
+  fedshield leaderboard results/breakdown     breakdown points: Markdown, PNG, CSV, JSON
   fedshield list attacks
   fedshield bench aggregators                 (also: bench simulation, bench scaling)
   fedshield findings fltrust results/fltrust-mnist
@@ -70,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md and plots/ for a results directory")
     p.add_argument("directory", type=Path)
     p.add_argument("--out", type=Path, default=None, help="report path (default DIR/report.md)")
+
+    p = sub.add_parser("leaderboard", help="breakdown points and curves of a sweep over the "
+                       "malicious fraction: leaderboard.{md,png,csv,json}")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default DIR)")
+    p.add_argument("--threshold", type=float, default=0.10, help="accuracy loss (fraction, "
+                   "default 0.10 = 10 points) below the rule's own accuracy without attack "
+                   "that counts as broken")
+    p.add_argument("--asr-level", type=float, default=0.5, help="backdoor ASR that counts as "
+                   "broken (default 0.5)")
 
     p = sub.add_parser("list", help="rules, detectors, attacks, datasets, partitions, models, "
                                     "scenarios")
@@ -138,6 +149,13 @@ def dispatch(args: argparse.Namespace) -> int:
 
         path = write_report(args.directory, args.out)
         print(f"report: {path}")
+        return 0
+    if command == "leaderboard":
+        from fedshield.simulations.leaderboard import write_leaderboard
+
+        for path in write_leaderboard(args.directory, args.out, threshold=args.threshold,
+                                      asr_level=args.asr_level):
+            print(f"leaderboard: {path}")
         return 0
     if command == "list":
         return cmd_list(args.what)

@@ -13,18 +13,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from fedshield.simulations.stats import Estimate, mean_ci
 from fedshield.simulations.tables import Grid, ordered, summary_table, summary_value
 
+BAND_ALPHA = 0.12
 
-def _mean_series(cells: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Mean over the cells (seeds) of ``key`` per round, for rounds where it is defined."""
+
+def _mean_series(cells: list[dict[str, Any]], key: str) -> tuple[list[int], list[Estimate]]:
+    """Mean ± 95 % CI over the cells (seeds) of ``key`` per round, where it is defined."""
     acc: dict[int, list[float]] = defaultdict(list)
     for cell in cells:
         for row in cell["rounds"]:
             if row.get(key) is not None:
                 acc[int(row["round"])].append(float(row[key]))
     rounds = sorted(acc)
-    return rounds, [sum(acc[r]) / len(acc[r]) for r in rounds]
+    return rounds, [e for r in rounds if (e := mean_ci(acc[r])) is not None]
+
+
+def _line_with_band(ax: Any, xs: list[float], ys: list[Estimate], **style: Any) -> None:
+    """A line of means and, when there are several seeds, the band of their 95 % CIs."""
+    ax.plot(xs, [e.mean for e in ys], **style)
+    if any(e.n > 1 for e in ys):
+        ax.fill_between(xs, [e.low for e in ys], [e.high for e in ys], color=style.get("color"),
+                        alpha=BAND_ALPHA, lw=0)
 
 
 def _colors(rules: list[str]) -> dict[str, Any]:
@@ -45,8 +56,8 @@ def _per_attack(cells: list[dict[str, Any]], key: str, path: Path, ylabel: str,
             members = [c for c in cells if c["rule"] == rule and c["attack"] == attack]
             xs, ys = _mean_series(members, key)
             if xs:
-                ax.plot(xs, ys, label=rule, color=colors[rule], lw=1.6,
-                        marker="o" if len(xs) < 12 else None, ms=3)
+                _line_with_band(ax, xs, ys, label=rule, color=colors[rule], lw=1.6,
+                                marker="o" if len(xs) < 12 else None, ms=3)
         ax.set_title(f"attack: {attack}", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -176,6 +187,44 @@ def certified_means(cells: list[dict[str, Any]]) -> dict[str, tuple[str, list[fl
         name = key[0] if names.count(key[0]) == 1 else f"{key[0]} (seed {seeds[key][0]})"
         out[name] = (key[2], list(key[1]), [sum(c) / len(c) for c in zip(*runs, strict=True)])
     return out
+
+
+def breakdown_curves(curves: list[Any], path: Path, title: str) -> Path | None:
+    """Worst-case accuracy (and, with targeted attacks, the highest backdoor ASR) against the
+    malicious fraction, one line per rule with its 95 % CI band; a rule's
+    line stops where it cannot be configured. ``curves``: :class:`simulations.breakdown.Curve`,
+    ranked (the legend's order)."""
+    if not curves:
+        return None
+    with_asr = any(c.has_asr for c in curves)
+    panels = 2 if with_asr else 1
+    fig, axes = plt.subplots(1, panels + 1, figsize=(5.6 * panels + 4.4, 5.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * panels + [0.75]})
+    colors = _colors([c.rule for c in curves])
+    series = [(axes[0][0], "worst-case accuracy over the attacks", lambda p: p.worst)]
+    if with_asr:
+        series.append((axes[0][1], "highest backdoor ASR", lambda p: p.asr or (
+            Estimate(0.0, 0.0, 1) if p.runnable else None)))
+    for ax, ylabel, value in series:
+        for curve in curves:
+            kept = [(p.fraction, e) for p in curve.points if (e := value(p)) is not None]
+            if kept:
+                _line_with_band(ax, [x for x, _ in kept], [e for _, e in kept], label=curve.rule,
+                                color=colors[curve.rule], lw=1.5, marker="o", ms=3)
+        ax.set_xlabel("malicious fraction")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+    legend_ax = axes[0][-1]
+    legend_ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend_ax.legend(handles, labels, loc="center left", fontsize=7.5, frameon=False,
+                     title="rule (ranked)")
+    fig.suptitle(title.replace("**", ""), fontsize=8.5, wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def draw_all(cells: list[dict[str, Any]], out_dir: Path, suffix: str = "") -> dict[str, Path]:

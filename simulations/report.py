@@ -19,80 +19,35 @@ of final accuracy; ASR bars; malicious share of the aggregate over rounds.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import asdict
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from fedshield.simulations import metrics
 from fedshield.simulations.store import ResultsStore, atomic_write
-from fedshield.simulations.tables import Grid, ranking, summary_table, summary_value
-from fedshield.tasks.config import RunConfig
-
-IGNORED_AXES = {"aggregator", "aggregator_params", "attack", "attack_params", "seed", "output_dir"}
-
-
-class ReportError(ValueError):
-    """The results directory cannot be reported on (missing, empty)."""
-
-
-# --- grouping ------------------------------------------------------------------------------------
-@cache
-def _config_defaults() -> dict[str, Any]:
-    return asdict(RunConfig())
-
-
-def cell_config(cell: dict[str, Any]) -> dict[str, Any]:
-    """A stored cell's config with every RunConfig field: keys the cell lacks (written before the
-    field was added) take the RunConfig default. The one place the report reads a config."""
-    return {**_config_defaults(), **cell["config"]}
-
-
-
-
-def varying_keys(cells: list[dict[str, Any]]) -> list[str]:
-    """Config keys (besides rule, attack and seed) that differ between cells."""
-    if not cells:
-        return []
-    configs = [cell_config(c) for c in cells]
-    keys = [k for k in configs[0] if k not in IGNORED_AXES]
-    return [k for k in keys if len({repr(c[k]) for c in configs}) > 1]
-
-
-def groups(cells: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """[(section title, cells)] — one section per combination of the other varying keys."""
-    keys = varying_keys(cells)
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for cell in cells:
-        config = cell_config(cell)
-        title = ", ".join(f"{k}={config[k]}" for k in keys) or "all cells"
-        out[title].append(cell)
-    return list(out.items())
-
-
-
-
-
-
-
-
-
-
+from fedshield.simulations.tables import (  # noqa: F401  (cell_config, varying_keys: re-exported)
+    Grid,
+    ReportError,
+    cell_config,
+    groups,
+    ranking_markdown,
+    scenario_notes,
+    summary_table,
+    summary_value,
+    uncertainty_note,
+    varying_keys,
+)
 
 
 def section_markdown(title: str, cells: list[dict[str, Any]], plots: dict[str, str]) -> str:
     drops = metrics.accuracy_drops(cells)
     acc = Grid(cells, summary_value("final_accuracy"))
     table, order = summary_table(cells)
-    parts = [f"## {title}", "", f"{len(cells)} cells.", "",
+    parts = [f"## {title}", "", f"{len(cells)} cells. {uncertainty_note(cells)}".strip(), "",
              "### Final clean accuracy (%), rules ranked by worst case over attacks", "", table,
              "", "### Ranking by worst-case accuracy", "",
-             "| rank | rule | worst-case acc | worst attack | acc without attack |",
-             "|---:|---|---:|---|---:|"]
-    for i, (rule, w, attack, clean) in enumerate(ranking(acc), 1):
-        clean_text = "—" if clean is None else f"{clean:.3f}"
-        parts.append(f"| {i} | {rule} | {w:.3f} | {attack} | {clean_text} |")
+             "The worst case is the attack with the lowest mean; *≈* marks a rule that Welch's "
+             "t-test cannot separate from the next one down (p ≥ 0.05).", "",
+             ranking_markdown(acc)]
     drop = Grid(cells, lambda c: drops.get(c["id"]))
     best = Grid(cells, summary_value("best_accuracy"))
     target = Grid(cells, summary_value("rounds_to_target"))
@@ -151,15 +106,23 @@ def certified_table(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines).strip()
 
 
-def scenario_notes(cells: list[dict[str, Any]]) -> str:
-    cfg = cell_config(cells[0])
-    seeds = sorted({cell_config(c)["seed"] for c in cells})
-    mal = cfg.get("num_malicious", -1)
-    mal_text = str(mal) if mal >= 0 else f"{cfg.get('malicious_fraction', 0):.0%}"
-    return (f"dataset **{cfg['dataset']}**, model **{cfg['model']}**, partition "
-            f"**{cfg['partition']}** (α={cfg['alpha']}, q={cfg['q']}), {cfg['num_clients']} "
-            f"clients ({cfg['clients_per_round'] or 'all'} per round), {cfg['rounds']} rounds, "
-            f"malicious {mal_text}, seeds {seeds}, engine {cells[0]['engine']}.")
+def breakdown_section(cells: list[dict[str, Any]], plot_dir: Path, base: Path) -> list[str]:
+    """When the cells sweep the malicious fraction: the breakdown curves and points (the
+    leaderboard's tables, :mod:`simulations.leaderboard`); [] otherwise."""
+    from fedshield.simulations import leaderboard
+
+    if not leaderboard.breakdown_groups(cells):
+        return []
+    board = leaderboard.build(cells)
+    plots = leaderboard.draw(cells, board, plot_dir, "breakdown")
+    parts = ["## Breakdown points", "", leaderboard.DEFINITION.format(
+        threshold=100 * board["threshold"]), ""]
+    for group, plot in zip(board["groups"], plots, strict=True):
+        rel = None if plot is None else str((plot_dir / plot).relative_to(base))
+        if len(board["groups"]) > 1:
+            parts += [f"### {group['title']}", ""]
+        parts += [*leaderboard.group_markdown(group, board, rel), ""]
+    return parts
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -176,6 +139,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
     from fedshield.simulations import plots as plotting
 
     parts = ["# fedshield report", "", scenario_notes(cells), ""]
+    parts += breakdown_section(cells, plot_dir, out_path.parent)
     all_groups = groups(cells)
     for index, (title, members) in enumerate(all_groups):
         suffix = "" if len(all_groups) == 1 else f"_{index + 1}"
