@@ -67,14 +67,30 @@ def local_data(
     with the generator ``(cfg.seed, "client", pid, round, "poison")``; the attack is seen from
     the client's position among the run's malicious clients (DBA gives each its piece)."""
     x, y = task.client_data(pid)
-    data_attack = _data_attack(attack, cfg)
-    if data_attack is None:
+    view = attack_view(attack, cfg, pid)
+    if view is None:
         return x, y
-    malicious = cfg.malicious_ids()
-    view = data_attack.for_client(malicious.index(pid) if pid in malicious else 0)
     if global_vec is not None:
         view.prepare(task, global_vec, x, y, torch_generator(cfg.seed, "attack", round, "prepare"))
     return view.poison(x, y, torch_generator(cfg.seed, "client", pid, round, "poison"))
+
+
+def attack_view(attack: DataAttack | ModelAttack | None, cfg: Any,
+                pid: int) -> DataAttack | None:
+    """The data attack as client ``pid`` runs it (its position among the run's malicious
+    clients: DBA gives each its piece); None for honest clients and model attacks."""
+    data_attack = _data_attack(attack, cfg)
+    if data_attack is None:
+        return None
+    malicious = cfg.malicious_ids()
+    return data_attack.for_client(malicious.index(pid) if pid in malicious else 0)
+
+
+def gradient_mask(attack: DataAttack | ModelAttack | None, cfg: Any, pid: int,
+                  global_vec: torch.Tensor) -> torch.Tensor | None:
+    """The mask client ``pid``'s every gradient step is multiplied by (Neurotoxin), or None."""
+    view = attack_view(attack, cfg, pid)
+    return None if view is None else view.gradient_mask(global_vec)
 
 
 def finish_delta(attack: DataAttack | ModelAttack | None, cfg: Any, delta: torch.Tensor,
@@ -104,7 +120,8 @@ def client_update(
     model = task.new_model()
     load_vector(model, global_vec.to(torch.float32))
     stats = train(
-        model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round)
+        model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round),
+        grad_mask=gradient_mask(attack, cfg, pid, global_vec),
     )
     delta = finish_delta(attack, cfg, flatten(model) - global_vec.to(torch.float32), global_vec)
     return ClientUpdate(delta=delta, num_examples=stats.num_examples, loss=stats.loss)

@@ -88,7 +88,13 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     ``params − start``). Other models call ``client_update`` per client, each delta written
     into its row of a preallocated (K, d) matrix.
     """
-    from fedshield.clients.client import ClientUpdate, client_update, finish_delta, local_data
+    from fedshield.clients.client import (
+        ClientUpdate,
+        client_update,
+        finish_delta,
+        gradient_mask,
+        local_data,
+    )
 
     if not task.batched or len(pids) < 2:
         updates = torch.empty(len(pids), task.layout.numel, dtype=torch.float32)
@@ -106,7 +112,9 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
             for pid in pids]
     gens = [torch_generator(cfg.seed, "client", pid, rnd) for pid in pids]
     start = global_vec.to(torch.float32)
-    result = train_many(task.template_model(), data, task.train_config, gens, start=start)
+    masks = [gradient_mask(attacks.get(pid), cfg, pid, global_vec) for pid in pids]
+    result = train_many(task.template_model(), data, task.train_config, gens, start=start,
+                        grad_masks=masks)
     updates = result.params.sub_(start)  # (K, d) in place: row k = client k's local − global
     replies = []
     for pid, delta, stats in zip(pids, updates, result.stats, strict=True):

@@ -164,23 +164,47 @@ def train(
     cfg: TrainConfig,
     *,
     generator: torch.Generator,
+    grad_mask: torch.Tensor | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on (x, y) with local SGD; batches drawn from ``generator``."""
+    """Train ``model`` in place on (x, y) with local SGD; batches drawn from ``generator``.
+    ``grad_mask`` ((d,) over the flat parameters): every step's gradient is multiplied by it
+    before the optimizer step (Neurotoxin's masked gradient descent)."""
     _check_data(x, y)
     batches = batch_schedule(len(x), cfg, generator)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+    masks = None if grad_mask is None else _mask_views(model, grad_mask)
     model.train()
     total = torch.zeros((), dtype=torch.float64)
     for idx in batches:
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
+        if masks is not None:
+            for p, m in zip(model.parameters(), masks, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(m)
         optimizer.step()
         total += loss.detach() * len(idx)
     seen = sum(len(b) for b in batches)
     return TrainStats(loss=float(total) / seen, num_examples=len(x), steps=len(batches))
+
+
+def _mask_views(model: nn.Module, grad_mask: torch.Tensor) -> list[torch.Tensor]:
+    """``grad_mask`` cut into one view per parameter (``model.parameters()`` order)."""
+    layout = ParamLayout.of(model)
+    mask = _checked_mask(layout, grad_mask)
+    views = {key: mask[a:b].view(shape)
+             for (key, a, b), shape in zip(layout.offsets(), layout.shapes, strict=True)}
+    return [views[key] for key, _ in model.named_parameters()]
+
+
+def _checked_mask(layout: ParamLayout, grad_mask: torch.Tensor) -> torch.Tensor:
+    if grad_mask.shape != (layout.numel,):
+        raise TrainingError(f"grad_mask must have shape ({layout.numel},), got "
+                            f"{tuple(grad_mask.shape)}")
+    return grad_mask.detach().to(torch.float32)
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -246,6 +270,7 @@ def train_many(
     *,
     start: torch.Tensor | None = None,
     method: Literal["auto", "vmap", "loop"] = "auto",
+    grad_masks: Sequence[torch.Tensor | None] | None = None,
 ) -> BatchedTrainResult:
     """Train K clients; client k trains on ``datasets[k]`` with batches from ``generators[k]``.
 
@@ -253,12 +278,16 @@ def train_many(
     or changed) with ``start`` the initial flat parameters, (d,) shared by all or (K, d); or a
     sequence of K modules, trained in place from their current parameters (``start`` must be
     None). ``method="auto"`` vmaps when :func:`supports_batched` says it wins, else loops.
+    ``grad_masks[k]`` (or None) masks client k's every gradient step, as in :func:`train`.
     Returns the (K, d) trained parameters and per-client stats; equal, to float tolerance, to
     calling :func:`train` on each client in turn.
     """
     template, initial, modules = _many_inputs(models, start, len(datasets))
     if len(generators) != len(datasets):
         raise TrainingError(f"{len(datasets)} datasets but {len(generators)} generators")
+    masks = list(grad_masks) if grad_masks is not None else [None] * len(datasets)
+    if len(masks) != len(datasets):
+        raise TrainingError(f"{len(datasets)} datasets but {len(masks)} gradient masks")
     for x, y in datasets:
         _check_data(x, y)
     if method not in ("auto", "vmap", "loop"):
@@ -268,9 +297,10 @@ def train_many(
         raise TrainingError("method='vmap' needs a model whose state is only parameters")
     if use_vmap:
         shared = start is not None and start.ndim == 1
-        result = _train_vmap(template, initial, datasets, cfg, generators, shared_start=shared)
+        result = _train_vmap(template, initial, datasets, cfg, generators, shared_start=shared,
+                             grad_masks=masks)
     else:
-        result = _train_loop(template, initial, datasets, cfg, generators)
+        result = _train_loop(template, initial, datasets, cfg, generators, masks)
     for module, row in zip(modules, result.params, strict=False):
         load_vector(module, row)
     return result
@@ -305,13 +335,14 @@ def _train_loop(
     datasets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainConfig,
     generators: Sequence[torch.Generator],
+    grad_masks: Sequence[torch.Tensor | None],
 ) -> BatchedTrainResult:
     model = copy.deepcopy(template)
     params = torch.empty(initial.shape, dtype=torch.float32)  # initial may be an expand() view
     stats = []
     for k, ((x, y), generator) in enumerate(zip(datasets, generators, strict=True)):
         load_vector(model, initial[k])
-        stats.append(train(model, x, y, cfg, generator=generator))
+        stats.append(train(model, x, y, cfg, generator=generator, grad_mask=grad_masks[k]))
         params[k] = flatten(model)
     return BatchedTrainResult(params=params, stats=stats)
 
@@ -341,6 +372,7 @@ def _train_vmap(
     cfg: TrainConfig,
     generators: Sequence[torch.Generator],
     shared_start: bool,
+    grad_masks: Sequence[torch.Tensor | None],
 ) -> BatchedTrainResult:
     sizes = [len(x) for x, _ in datasets]
     steps = torch.tensor([cfg.num_steps(n) for n in sizes])
@@ -362,6 +394,14 @@ def _train_vmap(
         for (key, a, b), shape in zip(layout.offsets(), layout.shapes, strict=True)
     }
     buffers = {key: torch.zeros_like(p) for key, p in params.items()} if cfg.momentum else {}
+    grad_mask = None
+    if any(m is not None for m in grad_masks):  # (K, d) in the sorted row order, ones = no mask
+        rows = torch.ones(k, layout.numel)
+        for row, client in enumerate(clients):
+            if grad_masks[client] is not None:
+                rows[row] = _checked_mask(layout, grad_masks[client])
+        grad_mask = {key: rows[:, a:b].view(k, *shape)
+                     for (key, a, b), shape in zip(layout.offsets(), layout.shapes, strict=True)}
 
     def loss_fn(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
         ce = F.cross_entropy(functional_call(template, p, (xb,)), yb, reduction="none")
@@ -390,6 +430,8 @@ def _train_vmap(
         else:
             grads, losses = step_fn(sub, xb[:active], yb[:active], mb)
         loss_sum[:active] += losses.detach().double() * mb.sum(1).double()
+        if grad_mask is not None:
+            grads = {key: g * grad_mask[key][:active] for key, g in grads.items()}
         _sgd_update(sub, grads, buffers, active, cfg)
 
     if in_order:

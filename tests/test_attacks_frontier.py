@@ -166,6 +166,11 @@ def test_neurotoxin_is_zero_on_the_top_k_coordinates_and_inside_its_norm_ball():
     assert bool((sent[[0, 2, 3, 5, 6, 7]] > 0).all())
     again = attack.finish(delta.clone(), first + move)  # another client, same round
     assert torch.equal(again, sent)
+    # the same mask multiplies every gradient step of the local training
+    fresh = make("neurotoxin", top_k=0.25, norm_factor=2.0)
+    assert fresh.gradient_mask(first) is None
+    assert fresh.gradient_mask(first + move).tolist() == [1, 0, 1, 1, 0, 1, 1, 1]
+    assert fresh.gradient_mask(first + move).tolist() == [1, 0, 1, 1, 0, 1, 1, 1]  # idempotent
 
 
 def test_attack_stop_measures_how_long_a_backdoor_lasts():

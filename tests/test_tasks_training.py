@@ -236,3 +236,32 @@ def test_train_many_per_client_start_matrix_is_not_modified(cfg):
         model = build_model("logreg", ds.input_shape, 10, seed=k)
         train(model, *data[k], cfg, generator=torch_generator(k))
         torch.testing.assert_close(result.params[k], flatten(model), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2])
+def test_a_gradient_mask_is_applied_at_every_step_in_both_paths(cfg):
+    """Neurotoxin's masked descent: masked coordinates never move (without weight decay), the
+    others follow the masked trajectory — not the unmasked one masked afterwards — and the vmap
+    path equals the per-client loop, with clients without a mask untouched by the others'."""
+    ds, data = _clients(k=4)
+    template = build_model("mlp", ds.input_shape, 10, seed=0)
+    start = flatten(template)
+    d = start.numel()
+    mask = (torch.arange(d) % 3 != 0).float()
+    masks = [mask, None, mask, None]
+    gens = lambda: [torch_generator(0, "client", k, 1) for k in range(len(data))]  # noqa: E731
+    loop = train_many(template, data, cfg, gens(), start=start, method="loop", grad_masks=masks)
+    vmapped = train_many(template, data, cfg, gens(), start=start, method="vmap",
+                         grad_masks=masks)
+    torch.testing.assert_close(vmapped.params, loop.params, rtol=1e-5, atol=1e-6)
+    plain = train_many(template, data, cfg, gens(), start=start, method="loop")
+    torch.testing.assert_close(loop.params[[1, 3]], plain.params[[1, 3]], rtol=0, atol=0)
+    moved = loop.params[0] - start
+    if not cfg.weight_decay:
+        assert bool((moved[mask == 0] == 0).all())
+    after = (plain.params[0] - start) * mask
+    assert float((moved * mask - after).abs().max()) > 1e-4  # the trajectory itself changed
+    with pytest.raises(TrainingError, match="grad_mask must have shape"):
+        train_many(template, data[:1], cfg, gens()[:1], start=start, grad_masks=[mask[:-1]])
+    with pytest.raises(TrainingError, match="1 datasets but 2 gradient masks"):
+        train_many(template, data[:1], cfg, gens()[:1], start=start, grad_masks=[mask, mask])

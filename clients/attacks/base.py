@@ -104,6 +104,11 @@ class DataAttack(Attack):
         """Before poisoning, with the global model the client received (``task`` builds models
         from vectors): attacks that adapt to the model (A3FL's trigger) do their work here."""
 
+    def gradient_mask(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        """A (d,) mask that multiplies every gradient step of the malicious client's training
+        from ``global_vec`` (Neurotoxin's masked descent), or None."""
+        return None
+
     def memory(self) -> dict[str, torch.Tensor]:
         """What the attacker must remember between rounds (tensors), for a client process that
         is rebuilt every round (the Flower ClientApp keeps it in the node's state)."""

@@ -483,10 +483,12 @@ class Neurotoxin(RemembersGlobalMoves, BackdoorPatch):
         Π_B(M ⊙ δ),   B = {‖v‖ ≤ ``norm_factor`` · ‖Δ‖}
 
     — its delta with the top-k coordinates zeroed, projected onto a norm ball the size of a
-    plausible update. The paper masks each gradient step; here the mask and the ball constrain the
-    trained delta once (the same constraint on what is sent). Round 1 (no Δ yet): the delta is
-    sent unmasked and unprojected. Durability — the ASR in the rounds after the attackers stop —
-    is what the paper measures: use the run key ``attack_stop``.
+    plausible update. As in the paper, the mask multiplies every gradient step of the local
+    training (:meth:`gradient_mask`; the other coordinates then follow the masked trajectory),
+    and it is applied once more to the sent delta, which weight decay may have moved on masked
+    coordinates. Round 1 (no Δ yet): training and delta are unmasked and unprojected.
+    Durability — the ASR in the rounds after the attackers stop — is what the paper measures:
+    use the run key ``attack_stop``.
     """
 
     name: ClassVar[str] = "neurotoxin"
@@ -526,6 +528,10 @@ class Neurotoxin(RemembersGlobalMoves, BackdoorPatch):
         if k > 0:
             keep[torch.topk(move.abs(), k, sorted=False).indices] = False
         return keep
+
+    def gradient_mask(self, global_vec: torch.Tensor) -> torch.Tensor | None:
+        move = self._moves.observe(global_vec)  # idempotent for the round's global model
+        return None if move is None else self.mask(move).to(torch.float32)
 
     def finish(self, delta: torch.Tensor, global_vec: torch.Tensor) -> torch.Tensor:
         move = self._moves.observe(global_vec)
