@@ -58,8 +58,16 @@ def node_identity(context: Context, cfg: RunConfig) -> tuple[int, bool]:
         if not isinstance(flag, bool):
             raise ConfigError(f"node_config malicious must be a boolean, got {flag!r}")
         return pid, flag
+    from fedshield.clients.attacks.base import registry
+
+    if getattr(registry().get(cfg.attack), "fake", False):
+        return pid, False  # MPAF adds its own fake clients: every real node is honest
     return pid, pid in set(cfg.malicious_ids())
 
+
+#: the reply record where a simulated attacker whose trigger changes every round (A3FL) reports
+#: it, for the simulation ServerApp's ASR measurement (never read by the aggregation)
+TRIGGER_KEY = "attack-trigger"
 
 #: the node-state record where a malicious node keeps its attack's memory between rounds (the
 #: ClientApp is rebuilt for every message: Neurotoxin's last global model lives here)
@@ -103,6 +111,9 @@ def train(msg: Message, context: Context) -> Message:
                                  "num-examples": int(result.num_examples)}),
         "meta": ConfigRecord({"partition-id": pid, "malicious": bool(malicious)}),
     })
+    if attack is not None and getattr(attack, "dynamic_trigger", False) and attack.memory():
+        content[TRIGGER_KEY] = ArrayRecord(  # A3FL: the trigger the server measures ASR with
+            {key: Array(value.detach().cpu().numpy()) for key, value in attack.memory().items()})
     return Message(content=content, reply_to=msg)
 
 

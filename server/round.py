@@ -245,6 +245,26 @@ class RoundRecord:
         return out
 
 
+#: the client ids of fake clients in a Flower run (node ids are drawn from the full 64-bit range;
+#: the inline engine numbers them after its partitions)
+FAKE_FIRST_ID = 1 << 62
+
+
+def with_fake_clients(updates: torch.Tensor, rows: list[ClientRow], count: int,
+                      first_id: int) -> tuple[torch.Tensor, list[ClientRow]]:
+    """The round's matrix and rows with ``count`` fake clients appended (ids ``first_id`` …, no
+    partition, zero rows for the adversary stage to write, and the median claimed sample count of
+    the real clients: the attacker's best guess of a plausible claim)."""
+    import statistics
+
+    claim = statistics.median(r.num_examples for r in rows) if rows else 1.0
+    fake_rows = [ClientRow(client_id=first_id + j, partition_id=None, malicious=True,
+                           num_examples=claim, train_loss=None, index=len(rows) + j)
+                 for j in range(count)]
+    padded = torch.cat([updates, updates.new_zeros(count, updates.shape[1])])
+    return padded, rows + fake_rows
+
+
 class RoundCore:
     """One round after decoding (see the module docstring), for both engines.
 
@@ -257,14 +277,22 @@ class RoundCore:
                   min(max_num_examples, factor · median of the round's reports) (None disables);
     hooks:        explicit timing hooks (:class:`Hooks`);
     hashes:       compute the model and update hashes (sha256 of each row, for the ledger); the
-                  inline engine, which keeps no ledger, turns them off (None in its records).
+                  inline engine, which keeps no ledger, turns them off (None in its records);
+    fake_clients: simulation-only: clients the attacker *adds* to every round (MPAF), rows
+                  appended for the adversary stage to write, with ids ``fake_first_id`` … (a
+                  round can turn them off: ``run(..., fake_clients=0)``).
     """
 
     def __init__(self, rule: Rule, *, server_lr: float = 1.0,
                  reference_fn: ReferenceFn | None = None, adversary: AdversaryFn | None = None,
                  max_num_examples: float | None = None,
                  num_examples_cap_factor: float | None = 10.0,
-                 hooks: Hooks | None = None, hashes: bool = True) -> None:
+                 hooks: Hooks | None = None, hashes: bool = True, fake_clients: int = 0,
+                 fake_first_id: int = FAKE_FIRST_ID) -> None:
+        if fake_clients < 0 or (fake_clients and adversary is None):
+            raise ValueError("fake_clients must be >= 0, and needs an adversary to write them")
+        self.fake_clients = fake_clients
+        self.fake_first_id = fake_first_id
         self.rule = rule
         self.server_lr = float(server_lr)
         self.reference_fn = reference_fn
@@ -276,9 +304,10 @@ class RoundCore:
 
     def run(self, rnd: int, global_vec: torch.Tensor, updates: torch.Tensor,
             rows: Sequence[ClientRow], *, replies: int | None = None,
-            rejected: Sequence[Rejection] = ()) -> RoundRecord:
+            rejected: Sequence[Rejection] = (), fake_clients: int | None = None) -> RoundRecord:
         """Aggregate round ``rnd``: ``updates`` (n, d) float32 deltas, row i of client ``rows[i]``;
-        ``rejected``: what the decoding stage already dropped; ``replies``: how many came in."""
+        ``rejected``: what the decoding stage already dropped; ``replies``: how many came in;
+        ``fake_clients``: this round's count (default: the core's)."""
         rows, rejected = list(rows), list(rejected)
         replies = len(rows) + len(rejected) if replies is None else replies
         finite = finite_rows(updates)
@@ -288,6 +317,10 @@ class RoundCore:
                                           Reason.NON_FINITE, "NaN/Inf in the update"))
             rows = [r for r, ok in zip(rows, finite.tolist(), strict=True) if ok]
             updates = updates[finite]
+        fakes = self.fake_clients if fake_clients is None else fake_clients
+        if fakes:  # MPAF: the attacker's fake clients join the round; the adversary fills them
+            updates, rows = with_fake_clients(updates, rows, fakes, self.fake_first_id)
+            replies += fakes
         counts = cap_num_examples([r.num_examples for r in rows],
                                   max_num_examples=self.max_num_examples,
                                   cap_factor=self.num_examples_cap_factor)

@@ -66,6 +66,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedshield import aggregators
+from fedshield.clients.client_app import TRIGGER_KEY
 from fedshield.server.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -154,6 +155,41 @@ def _adversary(cfg: RunConfig, attack: Any, rule: aggregators.Rule):
     return adversary_stage(attack, rule, cfg.seed)
 
 
+def trigger_reports(cfg: RunConfig, attack: Any):
+    """For an attack whose trigger changes every round (A3FL): the reply observer that hands
+    the server's evaluator the trigger the malicious clients report (``attack-trigger``), from
+    the lowest malicious partition id among the round's replies. A report from a partition that
+    is not malicious, or one the attack's ``restore`` refuses (shape, range, non-finite), is
+    logged and ignored: the evaluator keeps the last good trigger. None for other attacks."""
+    if not getattr(attack, "dynamic_trigger", False):
+        return None
+    from fedshield.clients.attacks import AttackError
+
+    malicious = set(cfg.malicious_ids())
+
+    def observe(rnd: int, replies: list[Any]) -> None:
+        reports = []
+        for msg in replies:
+            if TRIGGER_KEY not in msg.content:
+                continue
+            pid = msg.content["meta"].get("partition-id") if "meta" in msg.content else None
+            if pid not in malicious:
+                log(WARNING, "round %d: a trigger report from partition %r, which is not one "
+                    "of the simulation's attackers, was ignored", rnd, pid)
+                continue
+            reports.append((int(pid), msg.content[TRIGGER_KEY]))
+        if not reports:
+            return
+        pid, record = min(reports, key=lambda r: r[0])
+        try:
+            attack.restore({key: torch.from_numpy(record[key].numpy()) for key in record})
+        except (AttackError, TypeError, ValueError) as exc:
+            log(WARNING, "round %d: the trigger reported by partition %d was refused: %s", rnd,
+                pid, exc)
+
+    return observe
+
+
 def federation_size(grid: Grid, *, settle: float = 3.0,
                     timeout: float = NODE_WAIT_SECONDS) -> int:
     """The number of connected nodes once it has not changed for ``settle`` seconds (a simulated
@@ -189,16 +225,17 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: boo
     attack = build_attack(cfg, task.dataset)
     if cfg.attack_stop:
         raise ServerAppError("attack-stop (durability) runs in the harness's inline engine")
-    if getattr(attack, "fake", False) or getattr(attack, "dynamic_trigger", False):
-        raise ServerAppError(f"attack {cfg.attack!r} needs the harness's inline engine (fake "
-                             "clients, or a trigger the server's evaluator must share)")
+    fakes = cfg.malicious_count if getattr(attack, "fake", False) else 0
     out = Path(cfg.output_dir) if cfg.output_dir else None
     files = _open_run_files(out, resume=resume, restart=restart, ledger_key=ledger_key)
     strategy = RobustStrategy(
         rule, server_lr=cfg.server_lr,
         reference_fn=(lambda rnd, g: reference_update(task, g, rnd, cfg))
         if rule.needs_reference else None,
-        adversary=_adversary(cfg, attack, rule), ledger=files.ledger,
+        adversary=_adversary(cfg, attack, rule), fake_clients=fakes,
+        observe_replies=trigger_reports(cfg, attack),
+        observed_records=(TRIGGER_KEY,) if getattr(attack, "dynamic_trigger", False) else (),
+        ledger=files.ledger,
         checkpoints=files.checkpoints, rows=files.rows, auto_commit=False,
         sample_seed=cfg.seed,
         fraction_train=per_round / cfg.num_clients, min_train_nodes=per_round,

@@ -85,6 +85,11 @@ class RobustStrategy(FedAvg):
     reference_fn: (round, θ_t) -> reference delta; required when the rule needs one (FLTrust).
     adversary:   simulation-only colluding stage (round, updates (n,d), malicious (n,), θ_t) ->
                  the crafted malicious rows (m,d) (``fedshield.clients.attacks.adversary``).
+    fake_clients: simulation-only: clients an attacker adds to every round (MPAF), whose rows
+                 the adversary writes (see :class:`fedshield.server.round.RoundCore`).
+    observe_replies: simulation-only: (round, the validated replies) before aggregation, for
+                 the harness's measurements (A3FL's reported trigger); never changes the round;
+                 ``observed_records``: the reply records it reads, accepted besides the three.
     ledger, checkpoints, rows: optional durability (``server.ledger.Ledger``, ``CheckpointStore``,
         ``RowLog`` of the per-round rows), written by :meth:`commit`.
     auto_commit: commit each round in ``aggregate_train`` (False: the caller calls ``commit``).
@@ -113,6 +118,9 @@ class RobustStrategy(FedAvg):
         server_lr: float = 1.0,
         reference_fn: ReferenceFn | None = None,
         adversary: AdversaryFn | None = None,
+        fake_clients: int = 0,
+        observe_replies: Callable[[int, list[Message]], None] | None = None,
+        observed_records: tuple[str, ...] = (),
         ledger: Ledger | None = None,
         checkpoints: CheckpointStore | None = None,
         rows: RowLog | None = None,
@@ -161,9 +169,11 @@ class RobustStrategy(FedAvg):
             raise StrategyError("num_examples_cap_factor must be >= 1 or None")
         self.rule = aggregator
         self.server_lr = float(server_lr)
+        self.observe_replies = observe_replies
         self.core = RoundCore(aggregator, server_lr=server_lr, reference_fn=reference_fn,
                               adversary=adversary, max_num_examples=max_num_examples,
-                              num_examples_cap_factor=num_examples_cap_factor)
+                              num_examples_cap_factor=num_examples_cap_factor,
+                              fake_clients=fake_clients)
         self.ledger = ledger
         self.checkpoints = checkpoints
         self.rows = rows
@@ -172,7 +182,7 @@ class RobustStrategy(FedAvg):
         self.sample_seed = sample_seed
         self.node_wait_timeout = node_wait_timeout
         self.keys = ReplyKeys(arrays=self.arrayrecord_key, meta=meta_key,
-                              weight=self.weighted_by_key)
+                              weight=self.weighted_by_key, observed=tuple(observed_records))
         self.buffers = buffers
         self.integer_buffers = integer_buffers
         self.buffer_keys = buffer_keys or is_running_statistic
@@ -268,6 +278,8 @@ class RobustStrategy(FedAvg):
         valid, rejected = validate_replies(replies, self._expected,
                                            expected_nodes=self._sent_nodes, keys=self.keys)
         valid.sort(key=_aggregation_order)  # deterministic rows, whatever the arrival order
+        if self.observe_replies is not None:
+            self.observe_replies(rnd, [replies[i.index] for i in valid])
         updates, kept, undecodable = decode_updates(replies, valid, self._global_vec,
                                                     self._layout, self.arrayrecord_key,
                                                     subset=True)

@@ -11,7 +11,8 @@ Checks, in order (first failure wins):
 2. ``unexpected-node`` the node was not sent a train message this round;
 3. ``error-reply``     the reply carries an ``Error`` (the ClientApp raised, failed to load, ...);
 4. ``missing-record`` / ``extra-record``  the content must be exactly an ArrayRecord ``arrays``, a
-   MetricRecord ``metrics`` and optionally a ConfigRecord ``meta`` (keys configurable);
+   MetricRecord ``metrics`` and optionally a ConfigRecord ``meta`` (keys configurable), plus the
+   records a simulation's observer declares (``ReplyKeys.observed``);
 5. ``keys-mismatch`` / ``shape-mismatch`` / ``dtype-mismatch``  the ArrayRecord must have the global
    model's keys, each with its shape and dtype (declared metadata);
 6. ``bad-num-examples`` the weight key (``num-examples``) must be a number in [1, 2⁵³]; it is
@@ -88,6 +89,9 @@ class ReplyKeys:
     meta: str = "meta"
     weight: str = "num-examples"
     loss: str = "train_loss"  # Flower's convention
+    #: records a simulation's observer reads besides these (A3FL's trigger report); any other
+    #: record is ``extra-record``
+    observed: tuple[str, ...] = ()
 
 
 def validate_replies(
@@ -142,7 +146,7 @@ def check_reply(
     if meta is not None and not isinstance(meta, ConfigRecord):
         return reject(Reason.EXTRA_RECORD, f"{keys.meta!r} is a {type(meta).__name__}, "
                                            "expected a ConfigRecord")
-    extra = sorted(set(content.keys()) - {keys.arrays, keys.metrics, keys.meta})
+    extra = sorted(set(content.keys()) - {keys.arrays, keys.metrics, keys.meta, *keys.observed})
     if extra:
         return reject(Reason.EXTRA_RECORD, f"unexpected record(s) {extra}")
     problem = _check_arrays(arrays, expected)

@@ -141,9 +141,20 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         rows = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()
                 if line.strip()]
         final = torch.load(final_path, weights_only=True)
-    return RunResult(rounds=rows,
-                     final_vector=final, malicious_ids=cfg.malicious_ids()
-                     if cfg.malicious_count else [], seconds=time.perf_counter() - start)
+    return RunResult(rounds=rows, final_vector=final, malicious_ids=attacker_ids(cfg),
+                     seconds=time.perf_counter() - start)
+
+
+def attacker_ids(cfg: RunConfig) -> list[int]:
+    """The malicious clients' ids: compromised partitions, or MPAF's fake clients' ids."""
+    from fedshield.clients.attacks.base import registry
+    from fedshield.server.round import FAKE_FIRST_ID
+
+    if not cfg.malicious_count:
+        return []
+    if getattr(registry().get(cfg.attack), "fake", False):
+        return list(range(FAKE_FIRST_ID, FAKE_FIRST_ID + cfg.malicious_count))
+    return cfg.malicious_ids()
 
 
 def flower_env(home: Path, ray_tmp: Path) -> dict[str, str]:

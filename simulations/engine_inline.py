@@ -126,21 +126,6 @@ def train_round(task: Any, pids: list[int], global_vec: torch.Tensor, rnd: int, 
     return RoundUpdates(updates=updates, replies=replies)
 
 
-def with_fake_clients(updates: torch.Tensor, rows: list[ClientRow], count: int,
-                      first_id: int) -> tuple[torch.Tensor, list[ClientRow]]:
-    """The round's matrix and rows with ``count`` fake clients appended (ids ``first_id`` …, no
-    partition, zero rows for the adversary stage to write, and the median claimed sample count of
-    the real clients: the attacker's best guess of a plausible claim)."""
-    import statistics
-
-    claim = statistics.median(r.num_examples for r in rows) if rows else 1.0
-    fake_rows = [ClientRow(client_id=first_id + j, partition_id=None, malicious=True,
-                           num_examples=claim, train_loss=None, index=len(rows) + j)
-                 for j in range(count)]
-    padded = torch.cat([updates, updates.new_zeros(count, updates.shape[1])])
-    return padded, rows + fake_rows
-
-
 def _indicator(rule: Any, task: Any, cfg: RunConfig) -> Any | None:
     """BackdoorIndicator's planter, bound to the rule's detector, when the rule composes one."""
     from fedshield.server.indicator import IndicatorPlanter, indicator_detector
@@ -180,7 +165,8 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     core = RoundCore(
         rule, server_lr=cfg.server_lr, adversary=adversary_stage(attack, rule, cfg.seed),
         reference_fn=(lambda rnd, g: server_reference(task, g, rnd, cfg))
-        if rule.needs_reference else None, hooks=hooks, hashes=False)
+        if rule.needs_reference else None, hooks=hooks, hashes=False, fake_clients=fakes,
+        fake_first_id=cfg.num_clients)
     evaluator = GlobalEvaluator(task, attack if malicious else None)
     planter = _indicator(rule, task, cfg)
     data_attack = attack if attack is not None and attack.kind == "data" else None
@@ -202,11 +188,9 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
             ClientRow(client_id=pid, partition_id=pid, malicious=pid in attacking,
                       num_examples=float(r.num_examples), train_loss=float(r.loss), index=k)
             for k, (pid, r) in enumerate(zip(pids, trained.replies, strict=True))]
-        updates = trained.updates
-        if fakes and active:  # MPAF: the attacker's fake clients join; the adversary fills them
-            updates, client_rows = with_fake_clients(updates, client_rows, fakes, cfg.num_clients)
-        record = core.run(rnd, global_vec, updates, client_rows)
-        del trained, updates  # the round's (n, d) matrix is freed before the next round trains
+        record = core.run(rnd, global_vec, trained.updates, client_rows,
+                          fake_clients=fakes if active else 0)
+        del trained  # the round's (n, d) matrix is freed before the next round trains
         global_vec = evaluated = record.new_vec
         if post_step is not None:
             evaluated, global_vec = post_step(rnd, global_vec)

@@ -419,16 +419,9 @@ def _check_cell(cell: Cell) -> str:
                             "indicator each round in the inline engine; set engine = 'inline'")
     if cfg.attack != "none":
         try:
-            attack = attack_from_config(cfg, _PROBE_DATASET)
+            attack_from_config(cfg, _PROBE_DATASET)
         except AttackError as exc:
             raise ScenarioError(f"attack: {exc}") from None
-        if getattr(attack, "fake", False) and cell.engine != "inline":
-            raise ScenarioError(f"attack {cell.attack_label} adds fake clients, which only "
-                                "the inline engine simulates; set engine = 'inline'")
-        if getattr(attack, "dynamic_trigger", False) and cell.engine != "inline":
-            raise ScenarioError(f"attack {cell.attack_label} re-optimises its trigger each "
-                                "round, which only the inline engine measures (the Flower "
-                                "server holds its own copy); set engine = 'inline'")
     if rule.min_clients() > cfg.per_round:
         return (f"aggregator {cell.rule_label} needs at least {rule.min_clients()} clients per "
                 f"round; the scenario aggregates {cfg.per_round} (num_clients / "

@@ -144,14 +144,6 @@ def test_mpaf_adds_fake_clients_that_hold_no_data():
     assert all(c["partition_ids"] == list(range(10)) for c in clean)
 
 
-def test_mpaf_is_refused_where_fake_clients_cannot_exist():
-    from fedshield.simulations import scenario as sc
-
-    cells = sc.expand(sc.from_dict({"engine": "flower", "attack": "mpaf", "num_malicious": 2}))
-    with pytest.raises(sc.ScenarioError, match="fake clients"):
-        sc.validate_components(cells)
-
-
 # --- Neurotoxin and durability ----------------------------------------------------------------
 def test_neurotoxin_is_zero_on_the_top_k_coordinates_and_inside_its_norm_ball():
     attack = make("neurotoxin", top_k=0.25, norm_factor=2.0)
@@ -308,14 +300,85 @@ def test_a3fl_optimises_its_trigger_against_the_model_each_round():
     assert torch.equal(stamped[0, :, :5], blank[0, :, :5])  # only the patch window changes
 
 
-def test_new_attacks_that_need_the_inline_engine_are_refused_elsewhere():
-    from fedshield.simulations import scenario as sc
+@pytest.mark.flower
+@pytest.mark.parametrize("attack, malicious", [("mpaf", 2), ("a3fl", 1)])
+def test_fake_clients_and_a_moving_trigger_run_on_flower_as_inline(tmp_path, attack, malicious):
+    """MPAF's fake clients join the Flower round in the shared round core, and A3FL's malicious
+    ClientApp keeps its trigger in its node state and reports it for the server's ASR: a real
+    `flwr run` gives the inline engine's rows, ASR included."""
+    from conftest import assert_same_rows
 
-    for attack in ("a3fl", "mpaf"):
-        cells = sc.expand(sc.from_dict({"engine": "flower", "attack": attack,
-                                        "num_malicious": 2}))
-        with pytest.raises(sc.ScenarioError, match="inline"):
-            sc.validate_components(cells)
+    from fedshield.simulations import scenario as sc
+    from fedshield.simulations.engine_flower import processes_of, run_flower
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.tasks.config import RunConfig
+
+    cfg = RunConfig(dataset="digits", model="logreg", partition="iid", num_clients=6, rounds=3,
+                    batch_size=16, lr=0.1, aggregator="median", attack=attack,
+                    num_malicious=malicious, output_dir=str(tmp_path / "flower"))
+    sc.validate_components(sc.expand(sc.from_dict({"engine": "flower", "attack": attack,
+                                                   "num_malicious": malicious})))
+    home = tmp_path / "flwr_home"
+    flower = run_flower(cfg, timeout=480, log_path=tmp_path / "flower.log", flwr_home=home)
+    inline = run_inline(cfg)
+    assert_same_rows(flower.rounds, inline.rounds, atol=1e-4)
+    if attack == "mpaf":
+        assert [r["partition_ids"][-2:] for r in flower.rounds] == [[None, None]] * 3
+    else:
+        assert all(r["asr"] is not None for r in flower.rounds)
+    assert processes_of(home) == []
+
+
+def test_an_a3fl_client_reports_its_trigger_and_the_server_checks_the_report():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+    from helpers_flower import metadata
+
+    from fedshield.clients.attacks import attack_from_config
+    from fedshield.clients.client_app import ATTACK_MEMORY, TRIGGER_KEY, train
+    from fedshield.server.server_app import trigger_reports
+    from fedshield.tasks.config import RunConfig
+    from fedshield.tasks.params import to_arrayrecord
+    from fedshield.tasks.task import get_task
+
+    cfg = RunConfig(dataset="digits", num_clients=4, num_malicious=1, attack="a3fl",
+                    attack_params={"trigger_steps": 2, "adv_steps": 1})
+    task = get_task(cfg)
+    pid = cfg.malicious_ids()[0]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    state, theta, patterns = RecordDict(), task.initial_vector(), []
+    for rnd, vec in ((1, theta), (2, theta * 0.9)):
+        content = RecordDict({"arrays": to_arrayrecord(vec, task.layout),
+                              "config": ConfigRecord({"server-round": rnd})})
+        ctx = Context(run_id=1, node_id=7, state=state,
+                      run_config={k.replace("_", "-"): v for k, v in cfg.to_flower().items()},
+                      node_config={"partition-id": pid, "num-partitions": 4})
+        reply = train(Message(content=content, metadata=metadata(7)), ctx)
+        patterns.append(reply.content[TRIGGER_KEY]["pattern"].numpy())
+        assert np.array_equal(state[ATTACK_MEMORY]["pattern"].numpy(), patterns[-1])
+    assert patterns[0].shape == (1, 3, 3) and not np.array_equal(patterns[0], patterns[1])
+
+    server_attack = attack_from_config(cfg, task.dataset)
+    observe = trigger_reports(cfg, server_attack)
+    honest = next(p for p in range(4) if p != pid)
+
+    def report(partition, pattern):
+        return Message(content=RecordDict({
+            "meta": ConfigRecord({"partition-id": partition, "malicious": True}),
+            TRIGGER_KEY: ArrayRecord({"pattern": Array(pattern)})}), metadata=metadata(7))
+
+    observe(2, [report(pid, patterns[1])])
+    assert np.array_equal(server_attack.memory()["pattern"].numpy(), patterns[1])
+    bad = [np.full((1, 3, 3), np.nan, np.float32), np.full((1, 3, 3), 7.0, np.float32),
+           np.zeros((1, 4, 4), np.float32), np.zeros((1, 3, 3), np.int64)]
+    for pattern in bad:  # refused: the evaluator keeps the last good trigger
+        observe(3, [report(pid, pattern)])
+        assert np.array_equal(server_attack.memory()["pattern"].numpy(), patterns[1])
+    observe(3, [report(honest, patterns[0])])  # not an attacker of the simulation
+    assert np.array_equal(server_attack.memory()["pattern"].numpy(), patterns[1])
+    patch = cfg.with_updates(attack="backdoor-patch", attack_params={})
+    assert trigger_reports(patch, attack_from_config(patch, task.dataset)) is None
 
 
 def test_every_attack_states_its_threat_model():

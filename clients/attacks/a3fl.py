@@ -21,8 +21,11 @@ malicious clients):
 3. the client poisons its data with the new trigger and trains as ``backdoor-patch`` does.
 
 The attack success rate is measured with the trigger of the last round (``dynamic_trigger``: the
-server's evaluator asks for it at every evaluation), so the harness's inline engine only: the
-Flower engine's server holds its own copy of the attack, which never optimises.
+server's evaluator asks for it at every evaluation). In the inline engine the attackers share one
+attack object; on Flower each malicious ClientApp keeps its pattern in its node state and reports
+it in its reply (the ``attack-trigger`` record, :data:`fedshield.clients.client_app.TRIGGER_KEY`),
+and the simulation's ServerApp evaluates with the pattern of the lowest malicious partition id that
+replied, after :meth:`A3FL.restore` has checked it.
 """
 
 from __future__ import annotations
@@ -82,6 +85,31 @@ class A3FL(BackdoorPatch):
             raise AttackError(f"attack {self.name!r}: adv_weight must be >= 0")
         self._pattern: torch.Tensor | None = None  # (C, size, size); None: the white patch
         self._prepared_for: torch.Tensor | None = None
+
+    def memory(self) -> dict[str, torch.Tensor]:
+        """The current trigger pattern: what a rebuilt client continues from next round, and
+        what the simulation's server evaluates the ASR with (the client reports it)."""
+        return {} if self._pattern is None else {"pattern": self._pattern}
+
+    def restore(self, memory: dict[str, torch.Tensor]) -> None:
+        """Take back a pattern — possibly from another process: checked to be one finite
+        (channels, size, size) patch inside [low, high], else AttackError naming the fault."""
+        unknown = set(memory) - {"pattern"}
+        if unknown:
+            raise AttackError(f"attack {self.name!r}: unknown trigger state {sorted(unknown)}")
+        if "pattern" not in memory:
+            return
+        pattern = torch.as_tensor(memory["pattern"])
+        if (pattern.ndim != 3 or pattern.shape[1:] != (self.size, self.size)
+                or not pattern.is_floating_point()):
+            raise AttackError(f"attack {self.name!r}: the trigger pattern must be a float "
+                              f"(channels, {self.size}, {self.size}) patch, got "
+                              f"{pattern.dtype} {tuple(pattern.shape)}")
+        if not bool(torch.isfinite(pattern).all()) or float(pattern.min()) < self.low \
+                or float(pattern.max()) > self.high:
+            raise AttackError(f"attack {self.name!r}: the trigger pattern must be finite and "
+                              f"inside [{self.low}, {self.high}]")
+        self._pattern = pattern.detach().to(torch.float32).clone()
 
     def trigger(self, x):
         _check_image(self.name, x)
