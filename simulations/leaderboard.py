@@ -117,6 +117,19 @@ def cell_rows(cells: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["rule"], r["malicious_fraction"], r["attack"]))
 
 
+def per_attack(cells: list[dict[str, Any]], threshold: float) -> dict[str, dict[str, Any]]:
+    """attack → rule → {breakdown_point, breakdown_infeasible}: each attack alone as the suite
+    (how far one attack, e.g. ALIE, moves a rule's breakdown point)."""
+    attacks = sorted({c["attack"] for c in cells if not c.get("clean")})
+    out: dict[str, dict[str, Any]] = {}
+    for attack in attacks:
+        alone = [c for c in cells if c.get("clean") or c["attack"] == attack]
+        out[attack] = {c.rule: {"breakdown_point": c.breakdown,
+                                "breakdown_infeasible": c.breakdown_infeasible}
+                       for c in breakdown.curves(alone, threshold)}
+    return out
+
+
 def build(cells: list[dict[str, Any]], threshold: float = breakdown.THRESHOLD,
           asr_level: float = breakdown.ASR_LEVEL) -> dict[str, Any]:
     groups = breakdown_groups(cells)
@@ -131,6 +144,7 @@ def build(cells: list[dict[str, Any]], threshold: float = breakdown.THRESHOLD,
             "title": title, "cells": len(members),
             "rules": [curve_record(c, i + 1, t)
                       for i, (c, t) in enumerate(zip(ranked, ties, strict=True))],
+            "per_attack": per_attack(members, threshold),
             "rows": cell_rows(members, title),
         })
     return {"setup": scenario_notes(cells), "scenario": cells[0].get("scenario"),
@@ -183,6 +197,15 @@ def group_markdown(group: dict[str, Any], board: dict[str, Any], plot: str | Non
         cells = [("—" if not p["runnable"] else f"{_pct(p['worst_accuracy'])} {p['attack']}")
                  for p in r["curve"]]
         lines.append(f"| {r['rule']} | " + " | ".join(cells) + " |")
+    attacks = list(group["per_attack"])
+    if len(attacks) > 1:
+        lines += ["", "Breakdown point against each attack alone:", "",
+                  "| rule | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
+        for r in rules:
+            points = [group["per_attack"][a].get(r["rule"]) for a in attacks]
+            lines.append(f"| {r['rule']} | " + " | ".join(
+                "—" if p is None else _alpha(p["breakdown_point"], p["breakdown_infeasible"],
+                                             never=never) for p in points) + " |")
     if any(p["max_asr"] for r in rules for p in r["curve"]):
         lines += ["", "Highest backdoor ASR (%) at each malicious fraction:", "",
                   "| rule | " + " | ".join(f"{a:.2f}" for a in fractions) + " |",

@@ -177,6 +177,9 @@ def test_leaderboard_of_a_real_breakdown_sweep(tiny_breakdown, tmp_path):
     assert krum["breakdown_point"] in (0.1, 0.45)
     assert krum["breakdown_infeasible"] == (krum["breakdown_point"] == 0.45)
     assert board["run_time"]["wall_seconds"] > 0 and board["cells"] == 2 * (2 + 2 * 2 * 3 - 3)
+    alone = board["groups"][0]["per_attack"]
+    assert set(alone) == {"signflip", "backdoor-patch"}
+    assert alone["signflip"]["krum(f=auto)"]["breakdown_point"] in (0.1, 0.45)
     rows = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
     assert {(r["rule"], r["attack"], r["malicious_fraction"]) for r in rows} >= {
         ("median", "none", "0.0"), ("median", "signflip", "0.45"), ("krum(f=auto)", "none", "0.1")}
