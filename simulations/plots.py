@@ -199,7 +199,7 @@ def breakdown_curves(curves: list[Any], path: Path, title: str) -> Path | None:
     with_asr = any(c.has_asr for c in curves)
     panels = 2 if with_asr else 1
     fig, axes = plt.subplots(1, panels + 1, figsize=(5.6 * panels + 4.4, 5.2), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * panels + [0.75]})
+                             gridspec_kw={"width_ratios": [1] * panels + [0.62]})
     colors = _colors([c.rule for c in curves])
     series = [(axes[0][0], "worst-case accuracy over the attacks", lambda p: p.worst)]
     if with_asr:
