@@ -111,13 +111,15 @@ def client_update(
     attack: DataAttack | ModelAttack | None,
     cfg: Any,
 ) -> ClientUpdate:
-    """Train a fresh copy of the task's model from ``global_vec`` on client ``pid``'s data (see the
-    module docstring) and return its delta; ``global_vec`` is not modified."""
+    """Train the task's model from ``global_vec`` on client ``pid``'s data (see the module
+    docstring) and return its delta; ``global_vec`` is not modified. The model is the process's
+    scratch copy, loaded with ``global_vec`` in full (parameters and buffers): no
+    initialisation per client."""
     if not isinstance(global_vec, torch.Tensor) or global_vec.dim() != 1:
         shape = tuple(global_vec.shape) if isinstance(global_vec, torch.Tensor) else global_vec
         raise ClientError(f"global_vec must be a 1-D tensor (d,), got {shape!r}")
     x, y = local_data(task, pid, round, attack=attack, cfg=cfg, global_vec=global_vec)
-    model = task.new_model()
+    model = task.scratch_model("client")  # reused: every parameter and buffer is overwritten
     load_vector(model, global_vec.to(torch.float32))
     stats = train(
         model, x, y, task.train_config, generator=torch_generator(cfg.seed, "client", pid, round),

@@ -66,10 +66,14 @@ class CNN(nn.Module):
     """Fang et al. / FLTrust MNIST CNN: conv30-pool-conv50-pool-fc100-fcC (see module docstring).
 
     Under ``torch.func.vmap`` convolutions become slow grouped convolutions on CPU,
-    so batched training falls back to a loop for this model.
+    so batched training falls back to a loop for this model. Its weights are kept channels-last
+    (``fedshield bench simulation --cnn``: on this CPU max-pooling is about 5× faster on
+    channels-last activations and a training step about 16 % faster); the flat parameter vector
+    is unchanged (``flatten`` and ``load_vector`` follow the logical NCHW order).
     """
 
     batched_training_wins: ClassVar[bool] = False
+    channels_last: ClassVar[bool] = True
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, kernel_size: int = 3) -> None:
         super().__init__()
@@ -91,8 +95,10 @@ class CNN(nn.Module):
         self.fc2 = nn.Linear(100, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        # relu(maxpool(z)) = maxpool(relu(z)) exactly, gradients included (relu is monotone;
+        # a window whose max is <= 0 passes no gradient either way): on 4x fewer values
+        x = torch.relu(torch.max_pool2d(self.conv1(x), 2))
+        x = torch.relu(torch.max_pool2d(self.conv2(x), 2))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
@@ -141,7 +147,9 @@ def build_model(
     with torch.device("meta"):
         model = _MODELS[name](shape, num_classes, **options)
     model = model.to_empty(device="cpu")
-    init_parameters(model, seed)
+    init_parameters(model, seed)  # before the layout change: the random stream fills NCHW order
+    if getattr(model, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -120,3 +120,19 @@ def test_quick_inline_bench_end_to_end(tmp_path, capsys):
     assert [r["rule"] for r in payload["rules"]] == ["fedavg", "median"]
     text = capsys.readouterr().out
     assert "## Inline round split" in text and "| median |" in text
+
+
+@pytest.mark.slow
+def test_cnn_bench_times_the_fresh_model_baseline_against_the_current_round(tmp_path, capsys):
+    out = tmp_path / "cnn.json"
+    assert bs.main(["--cnn", "--quick", "--clients", "4", "--repeats", "1",
+                    "--json", str(out)]) == 0
+    cnn = json.loads(out.read_text())["cnn"]
+    assert cnn["clients"] == 4
+    assert len(cnn["baseline_seconds"]) == len(cnn["current_seconds"]) == 1
+    assert cnn["max_abs_diff"] < 1e-5  # both steps compute the same updates
+    assert cnn["gflop"] > 0 and cnn["sgemm_gflops"] > 0
+    assert cnn["ratio"] == pytest.approx(cnn["baseline_median"] / cnn["current_median"])
+    text = capsys.readouterr().out
+    assert "baseline: fresh NCHW model per client" in text and "compute floor" in text
+    assert bs.main(["--cnn", "--repeats", "0"]) == 2

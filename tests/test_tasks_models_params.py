@@ -86,6 +86,32 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng(name):
     assert a.abs().max() <= bound
 
 
+def test_the_channels_last_cnn_is_the_nchw_cnn_in_another_layout():
+    from fedshield.tasks.training import TrainConfig, train
+
+    cnn = build_model("cnn", (1, 12, 12), 10, seed=3)
+    nchw = build_model("cnn", (1, 12, 12), 10, seed=3).to(memory_format=torch.contiguous_format)
+    convs = [p for p in cnn.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)
+    assert torch.equal(flatten(cnn), flatten(nchw))  # same seeded values, logical order
+    x = torch.randn(40, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(40) % 10
+    config = TrainConfig(lr=0.1, batch_size=8, local_steps=3)
+    def relu_then_pool(m, x):  # the paper's order
+        x = torch.max_pool2d(torch.relu(m.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(m.conv2(x)), 2)
+        return m.fc2(torch.relu(m.fc1(x.flatten(1))))
+
+    assert torch.equal(nchw(x), relu_then_pool(nchw, x))
+    for model in (cnn, nchw):
+        train(model, x, y, config, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(flatten(cnn), flatten(nchw), rtol=0, atol=1e-5)
+    vec = torch.arange(flatten(cnn).numel(), dtype=torch.float32)
+    load_vector(cnn, vec)
+    assert torch.equal(flatten(cnn), vec)
+
+
 def test_flatten_unflatten_roundtrip_preserves_order_shapes_dtypes():
     state = {
         "w": torch.randn(3, 4),

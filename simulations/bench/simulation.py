@@ -23,6 +23,21 @@ parameter loading, bookkeeping). Target: other <= 10 % of the round.
 ``--rules all`` adds the aggregation-share table: every registered rule at the scenario, inline
 engine, with aggregation time as a share of the round (target <= 10 %).
 
+``--cnn`` measures instead the clients' part of a CNN round of the ``fltrust-mnist`` preset (MNIST,
+100 clients, bias split q = 0.5, the conv30-conv50-fc100 CNN, one local step of batch 32; 1
+thread), in the same run for:
+
+- ``baseline``: the first wave's client step: a fresh NCHW model per client (``build_model``:
+  seeded initialisation, then overwritten by ``load_vector``; ReLU before pooling), trained,
+  flattened;
+- ``current``: the inline engine's :func:`simulations.engine_inline.train_round` (one reused
+  channels-last model per process; pooling before ReLU, the same function on 4x fewer values).
+
+It prints the median round time of each (interleaved repeats), the ratio, the largest difference
+between the two rounds' updates, the round's floating-point work (``torch.utils.flop_counter``:
+forward and backward of every convolution and matrix product) and the compute floor = that work at
+this machine's single-thread sgemm rate (a 512 × 512 matrix product), as a fraction of each round.
+
 Timings are wall clock on a shared machine: read medians and the ratios measured in the same run.
 """
 
@@ -54,6 +69,12 @@ DEFAULT_SCENARIO: dict[str, Any] = {
     "aggregator": "fedavg",
 }
 QUICK_SCENARIO: dict[str, Any] = {"num_clients": 10, "rounds": 3}
+CNN_SCENARIO: dict[str, Any] = {  # the clients' round of the fltrust-mnist preset
+    "dataset": "mnist", "partition": "bias", "q": 0.5, "model": "cnn", "num_clients": 100,
+    "rounds": 1, "local_steps": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.0,
+    "aggregator": "fedavg",
+}
+CNN_QUICK_SCENARIO: dict[str, Any] = {"dataset": "digits", "num_clients": 10}
 
 
 class BenchError(ValueError):
@@ -324,6 +345,172 @@ def _median(values: Sequence[float]) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# CNN round: the clients' training against the first wave's fresh-model-per-client step
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CnnMeasurement:
+    """Seconds per round of the baseline and the current client step."""
+
+    clients: int
+    baseline_seconds: list[float]
+    current_seconds: list[float]
+    max_abs_diff: float
+    gflop: float
+    sgemm_gflops: float
+
+    @property
+    def baseline(self) -> float:
+        return statistics.median(self.baseline_seconds)
+
+    @property
+    def current(self) -> float:
+        return statistics.median(self.current_seconds)
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline / self.current
+
+    @property
+    def floor(self) -> float:
+        """Seconds the round's work takes at the single-thread sgemm rate."""
+        return self.gflop / self.sgemm_gflops
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "baseline_median": self.baseline,
+                "current_median": self.current, "ratio": self.ratio, "floor_seconds": self.floor}
+
+
+def fresh_model_round(task: Any, pids: Sequence[int], global_vec: Any, rnd: int,
+                      cfg: Any) -> Any:
+    """The first wave's client step, the baseline: per client a freshly built and initialised
+    NCHW model (the CNN with ReLU before pooling, as then), loaded with ``global_vec``,
+    trained, flattened; (K, d) deltas."""
+    import torch
+
+    from fedshield.tasks.models import CNN, build_model
+
+    class FirstWaveCNN(CNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+            x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    from fedshield.tasks.params import flatten, load_vector
+    from fedshield.tasks.seeding import torch_generator
+    from fedshield.tasks.training import train
+
+    ds, deltas = task.core.dataset, []
+    for pid in pids:
+        x, y = task.client_data(pid)
+        model = build_model(task.core.model_name, ds.input_shape, ds.num_classes,
+                            seed=task.core.init_seed).to(memory_format=torch.contiguous_format)
+        if type(model) is CNN:
+            model.__class__ = FirstWaveCNN  # same parameters, the first wave's forward
+        load_vector(model, global_vec)
+        train(model, x, y, task.train_config,
+              generator=torch_generator(cfg.seed, "client", pid, rnd))
+        deltas.append(flatten(model) - global_vec)
+    return torch.stack(deltas)
+
+
+def sgemm_gflops(size: int = 512, repeats: int = 20) -> float:
+    """This process's float32 matrix-product rate (GFLOP/s, best of ``repeats``)."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def measure_cnn_round(cfg: Any, repeats: int = 5) -> CnnMeasurement:
+    """Baseline and current client rounds of ``cfg`` (see the module docstring), interleaved,
+    after one warm-up of each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedshield.simulations.engine_inline import train_round
+    from fedshield.tasks.task import get_task
+
+    task = get_task(cfg)
+    global_vec = task.initial_vector()
+    pids = list(range(cfg.num_clients))
+
+    def baseline() -> Any:
+        return fresh_model_round(task, pids, global_vec, 1, cfg)
+
+    def current() -> Any:
+        return train_round(task, pids, global_vec, 1, cfg, {}).updates
+
+    diff = float((baseline() - current()).abs().max())
+    counter = FlopCounterMode(display=False)
+    with counter:
+        current()
+    baseline_seconds, current_seconds = [], []
+    for _ in range(repeats):
+        baseline_seconds.append(_seconds(baseline))
+        current_seconds.append(_seconds(current))
+    return CnnMeasurement(
+        clients=len(pids), baseline_seconds=baseline_seconds, current_seconds=current_seconds,
+        max_abs_diff=diff, gflop=counter.get_total_flops() / 1e9, sgemm_gflops=sgemm_gflops(),
+    )
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cnn_table(m: CnnMeasurement) -> str:
+    rows = [
+        ("baseline: fresh NCHW model per client", m.baseline * 1e3, 1.0, m.floor / m.baseline),
+        ("current: reused channels-last model (train_round)", m.current * 1e3, m.ratio,
+         m.floor / m.current),
+    ]
+    return table(["client step", "round median ms", "speed-up vs baseline",
+                  "compute floor / round"], rows)
+
+
+def build_cnn_config(args: argparse.Namespace) -> Any:
+    from fedshield.tasks.config import RunConfig
+
+    values = dict(CNN_SCENARIO)
+    if args.quick:
+        values.update(CNN_QUICK_SCENARIO)
+    for key, flag in (("num_clients", "clients"), ("dataset", "dataset"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    values.update(parse_set(args.set))
+    return RunConfig.from_dict(values)
+
+
+def cnn_main(args: argparse.Namespace) -> int:
+    import torch
+
+    cfg = build_cnn_config(args)
+    torch.set_num_threads(1)
+    print(f"# bench simulation --cnn  ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
+          f"load average {os.getloadavg()[0]:.2f}, 1 thread)")
+    print(f"scenario: dataset={cfg.dataset} model={cfg.model} clients={cfg.num_clients} "
+          f"partition={cfg.partition} local_steps={cfg.local_steps} batch={cfg.batch_size}")
+    m = measure_cnn_round(cfg, repeats=args.repeats)
+    print()
+    print(cnn_table(m))
+    print(f"\nbaseline / current: {m.ratio:.2f}x; work per round {m.gflop:.2f} GFLOP; "
+          f"single-thread sgemm {m.sgemm_gflops:.1f} GFLOP/s, so a compute floor of "
+          f"{m.floor * 1e3:.0f} ms ({100 * m.floor / m.current:.0f} % of the current round); "
+          f"max |baseline − current| update difference {m.max_abs_diff:.1e}")
+    if args.json:
+        args.json.write_text(json.dumps({"scenario": asdict(cfg), "cnn": m.summary()}, indent=2,
+                                        default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Scenario
 # --------------------------------------------------------------------------------------------
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -479,7 +666,12 @@ def build_parser(prog: str = "fedshield bench simulation") -> argparse.ArgumentP
         "--rules", default="",
         help="aggregation-share table: comma list of rules, or 'all' (inline engine only)",
     )
-    parser.add_argument("--quick", action="store_true", help="10 clients, 3 rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 clients, 3 rounds (--cnn: digits, 10 clients)")
+    parser.add_argument("--cnn", action="store_true",
+                        help="the fltrust-mnist CNN round's client step: the fresh-model "
+                        "baseline vs the current one, and the compute floor")
+    parser.add_argument("--repeats", type=int, default=5, help="--cnn: timed repeats of each")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     return parser
 
@@ -518,6 +710,11 @@ def comparison(results: Sequence[EngineMeasurement]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cnn:
+        if args.repeats < 1:
+            print("error: --repeats must be >= 1", file=sys.stderr)
+            return 2
+        return cnn_main(args)
     try:
         engines = _engines(args.engines)
         rules = _rules(args.rules)
