@@ -19,6 +19,7 @@ BENCHES = {
     "simulation": "fedshield.simulations.bench.simulation",
     "scaling": "fedshield.simulations.bench.scaling",
     "training": "fedshield.simulations.bench.training",
+    "sweep": "fedshield.simulations.bench.sweep",
 }
 
 EPILOG = """examples:
@@ -28,7 +29,8 @@ EPILOG = """examples:
   fedshield report results/default            Markdown + PNG plots
   fedshield leaderboard results/breakdown     breakdown points: Markdown, PNG, CSV, JSON
   fedshield list attacks
-  fedshield bench aggregators                 (also: bench simulation, bench scaling)
+  fedshield sweep breakdown --ray auto        cells as tasks on a Ray cluster
+  fedshield bench aggregators                 (also: simulation, scaling, training, sweep)
   fedshield findings fltrust results/fltrust-mnist
   fedshield ledger verify run/ledger.jsonl
 """
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="results directory of the default benchmark (results/default)")
     parser.add_argument("--workers", type=int, default=None, help="parallel cell processes")
+    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS|local",
+                        help="run the cells on a Ray cluster (see `fedshield sweep --help`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a key of the default benchmark")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="results directory (default: results/<scenario name>)")
         p.add_argument("--workers", type=int, default=argparse.SUPPRESS,
                        help="parallel cell processes")
+        p.add_argument("--ray", default=argparse.SUPPRESS, metavar="auto|ADDRESS|local",
+                       help="run the cells as tasks on a Ray cluster (auto: the one this "
+                       "machine joined; HOST:PORT: a head; local: a private one for this sweep)")
         p.add_argument("--no-report", action="store_true", help="do not write the report")
         p.add_argument("--dry-run", action="store_true",
                        help="list the cells the scenario expands to and exit")
@@ -87,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="all",
                    choices=("all", *LIST_SECTIONS))
 
-    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling")
+    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling | training | "
+                       "sweep")
     p.add_argument("target", choices=tuple(BENCHES))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
@@ -137,13 +145,13 @@ def dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command is None:
         return cmd_run("default", args.overrides, args.engine, args.out, args.workers,
-                       report=True)
+                       report=True, ray=args.ray)
     if command in ("run", "sweep"):
         args.overrides = [*args.overrides, *args.sub_overrides]
         if args.dry_run:
             return cmd_dry_run(args.scenario, args.overrides, args.engine)
         return cmd_run(args.scenario, args.overrides, args.engine, args.out, args.workers,
-                       report=not args.no_report)
+                       report=not args.no_report, ray=args.ray)
     if command == "report":
         from fedshield.simulations.report import write_report
 
@@ -204,7 +212,7 @@ def cmd_dry_run(spec: str, overrides: list[str], engine: str | None) -> int:
 
 
 def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | None,
-            workers: int | None, *, report: bool) -> int:
+            workers: int | None, *, report: bool, ray: str | None = None) -> int:
     import tomli_w
     from rich.console import Console
 
@@ -219,7 +227,7 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
     t0 = time.perf_counter()
     progress, hooks = _progress(console, scenario, workers)
     with progress:
-        run_sweep(scenario, cells, store, workers=workers, **hooks)
+        run_sweep(scenario, cells, store, workers=workers, execute=_executor(ray), **hooks)
     wall = time.perf_counter() - t0
     ids = {c.id for c in cells}
     records = [c for c in store.load_cells() if c["id"] in ids]
@@ -249,6 +257,14 @@ def cmd_run(spec: str, overrides: list[str], engine: str | None, out: Path | Non
                       "run the same command again to retry them")
         return 1
     return 0
+
+
+def _executor(ray: str | None) -> Any:
+    if not ray:
+        return None
+    from fedshield.simulations.ray_sweep import ray_executor
+
+    return ray_executor(ray)
 
 
 def _progress(console: Any, scenario: Any, workers: int | None) -> tuple[Any, dict[str, Any]]:

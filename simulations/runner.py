@@ -79,11 +79,17 @@ def run_cell_safely(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         return run_cell(payload)
     except Exception as exc:  # reported per cell; the sweep goes on
-        cfg = payload["config"]
-        return {**payload["meta"], "failed": True, "id": cell_id(RunConfig.from_dict(cfg),
-                                                                 payload["engine"]),
-                "engine": payload["engine"], "config": cfg,
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        return failure_record(payload, exc, traceback.format_exc())
+
+
+def failure_record(payload: dict[str, Any], exc: BaseException,
+                   trace: str = "") -> dict[str, Any]:
+    """The store record of a cell that failed with ``exc`` (saved to ``DIR/failed/``)."""
+    cfg = payload["config"]
+    return {**payload["meta"], "failed": True,
+            "id": cell_id(RunConfig.from_dict(cfg), payload["engine"]),
+            "engine": payload["engine"], "config": cfg,
+            "error": f"{type(exc).__name__}: {exc}", "traceback": trace or repr(exc)}
 
 
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +151,8 @@ def payloads(scenario: Scenario, cells: list[Cell]) -> list[dict[str, Any]]:
 
 def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
               workers: int | None = None,
+              execute: Callable[[list[dict[str, Any]], Callable[[dict[str, Any]], None]], None]
+              | None = None,
               on_start: Callable[[int, int], None] | None = None,
               on_cell: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every cell not yet in ``store``; return the records of the cells run now.
@@ -153,6 +161,9 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
     (also for failed cells: ``record["failed"]`` is then True, with ``error`` and
     ``traceback``; they go to ``DIR/failed/`` and are retried by the next run).
     The Flower engine runs one cell at a time (each run already uses both cores).
+    ``execute(todo, finish)``: runs the payloads elsewhere instead of on ``workers`` local
+    processes, calling ``finish(record)`` in this process for each
+    (``simulations.ray_sweep.ray_executor``: Ray tasks).
     """
     done = store.finished()
     todo = [p for p, c in zip(payloads(scenario, cells), cells, strict=True) if c.id not in done]
@@ -178,7 +189,10 @@ def run_sweep(scenario: Scenario, cells: list[Cell], store: ResultsStore, *,
             on_cell(record)
 
     try:
-        _run(todo, workers, finish)
+        if execute is not None:
+            execute(todo, finish)
+        else:
+            _run(todo, workers, finish)
     finally:
         store.rebuild_indexes()  # accuracy drops need every twin; drop torn appends
     return records
