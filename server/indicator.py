@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fedshield.tasks.datasets import load_dataset
+from fedshield.tasks.device import CPU
 from fedshield.tasks.params import flatten, load_vector
 from fedshield.tasks.seeding import torch_generator
 
@@ -75,7 +76,7 @@ class IndicatorPlanter:
         self.params = params
         self.x, self.y = indicator_set(task.dataset, dataset_name, int(params["samples"]), seed)
         self.seed = seed
-        self.model = task.new_model()
+        self.model = task.new_model(CPU)  # planted on the CPU, with the indicator set
         self.planted: torch.Tensor | None = None
 
     def plant(self, global_vec: torch.Tensor, rnd: int) -> torch.Tensor:

@@ -111,7 +111,7 @@ def run_flower(cfg: RunConfig, *, timeout: float = 3600.0, cpus: int | None = No
         run_cfg = cfg.with_updates(output_dir=str(out_dir))
         config_file = home / "run_config.toml"
         config_file.write_text(run_config_toml(run_cfg))
-        federation = federation_config(cfg.num_clients, cpus)
+        federation = federation_config(cfg.num_clients, cpus, cfg.device)
         flwr = Path(sys.executable).with_name("flwr")
         cmd = [str(flwr), "run", str(app_dir), "--stream", "--run-config", str(config_file),
                "--federation-config", federation]
@@ -225,12 +225,27 @@ def _alive(pid: int) -> bool:
 
 
 # --- rows -----------------------------------------------------------------------------------------
-def federation_config(num_supernodes: int, cpus: int | None = None) -> str:
-    """``--federation-config`` of a run: one CPU per ClientApp, and Ray started with ``cpus``
-    CPUs (default: up to 2) — unless ``RAY_ADDRESS`` names an existing Ray cluster, which Ray's
-    ``init`` then joins and which refuses a CPU count (its own resources decide)."""
+def gpus_per_client(device: str, concurrent_clients: int) -> float:
+    """Flower's ``client-resources-num-gpus`` for a run on ``device``: 0 on the CPU; on CUDA the
+    machine's GPUs shared by the clients that run at once (at most one GPU each)."""
+    from fedshield.tasks.device import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return 0.0
+    import torch
+
+    return min(1.0, torch.cuda.device_count() / max(1, concurrent_clients))
+
+
+def federation_config(num_supernodes: int, cpus: int | None = None,
+                      device: str = "cpu") -> str:
+    """``--federation-config`` of a run: one CPU per ClientApp (and its share of a GPU on a CUDA
+    ``device``, :func:`gpus_per_client`), and Ray started with ``cpus`` CPUs (default: up to
+    2) — unless ``RAY_ADDRESS`` names an existing Ray cluster, which Ray's ``init`` then joins
+    and which refuses a CPU count (its own resources decide)."""
+    cpus = cpus or min(2, os.cpu_count() or 1)
     federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
-                  "client-resources-num-gpus=0.0")
+                  f"client-resources-num-gpus={gpus_per_client(device, cpus)}")
     if os.environ.get("RAY_ADDRESS"):
         return federation
-    return f"{federation} init-args-num-cpus={cpus or min(2, os.cpu_count() or 1)}"
+    return f"{federation} init-args-num-cpus={cpus}"

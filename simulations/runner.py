@@ -22,6 +22,7 @@ from typing import Any
 from fedshield.simulations.scenario import Cell, Scenario, cell_id, config_dict
 from fedshield.simulations.store import ResultsStore
 from fedshield.tasks.config import RunConfig
+from fedshield.tasks.device import resolve_device
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -133,6 +134,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         "final_vector_blake2b": hashlib.blake2b(final, digest_size=16).hexdigest(),
         "started_at": started,
         "seconds": time.perf_counter() - t0,
+        "device": str(resolve_device(cfg.device)),
     }
 
 

@@ -125,7 +125,7 @@ class Scenario:
 #: run keys added after results stores existed: left out of a cell's id at their default, so
 #: that the cells of earlier sweeps keep their ids
 LATER_KEYS: dict[str, Any] = {"certify": "none", "certify_params": {}, "attack_stop": 0,
-                               "defender_fraction": -1.0}
+                               "defender_fraction": -1.0, "device": "auto"}
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fedshield.tasks.device import DeviceError, check_device_spec
+
 #: the certification schemes of the harness (``simulations.certify``)
 CERTIFICATIONS = ("none", "flcert", "crfl")
 
@@ -67,6 +69,8 @@ class RunConfig:
     # certification (simulations.certify): "none" | "flcert" | "crfl", and its parameters
     certify: str = "none"
     certify_params: dict[str, Any] = field(default_factory=dict)
+    # where models train and evaluate: "auto" (CUDA when available, else CPU) | "cpu" | "cuda[:N]"
+    device: str = "auto"
     # bookkeeping
     seed: int = 0
     eval_every: int = 1
@@ -94,6 +98,10 @@ class RunConfig:
         if not (self.defender_fraction == -1.0 or 0.0 <= self.defender_fraction < 1.0):
             raise ConfigError("defender_fraction must be -1 (follow the malicious fraction) or "
                               f"in [0, 1), got {self.defender_fraction!r}")
+        try:
+            check_device_spec(self.device)
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
         if self.num_malicious >= self.num_clients:
             raise ConfigError(
                 f"num_malicious={self.num_malicious} must be < num_clients={self.num_clients}"

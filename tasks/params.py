@@ -111,11 +111,13 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def flatten(state: nn.Module | Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(d,) float32, a new tensor: the state's entries flattened and concatenated in order."""
+    """(d,) float32 on the CPU, a new tensor: the state's entries flattened and concatenated in
+    order (a model on another device is copied back: flat vectors and aggregation live on the
+    CPU, see ``tasks.device``)."""
     tensors = [t.detach().reshape(-1).to(torch.float32) for t in _state(state).values()]
     if not tensors:
         raise ParamsError("cannot flatten an empty state_dict")
-    return torch.cat(tensors)
+    return torch.cat(tensors).cpu()
 
 
 def unflatten(vec: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:

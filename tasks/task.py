@@ -23,6 +23,7 @@ from torch import nn
 
 from fedshield.tasks.config import RunConfig
 from fedshield.tasks.datasets import Dataset, load_dataset
+from fedshield.tasks.device import CPU, resolve_device
 from fedshield.tasks.models import build_model
 from fedshield.tasks.params import ParamLayout, flatten, load_vector
 from fedshield.tasks.partition import FederatedSplit, federated_split
@@ -59,6 +60,7 @@ class Task:
 
     core: _Core
     train_config: TrainConfig
+    device: torch.device = CPU  # where models live (tasks.device)
 
     @property
     def dataset(self) -> Dataset:
@@ -85,23 +87,30 @@ class Task:
         """The task's model with the initial parameters, built once per process and shared: an
         architecture for ``tasks.training.train_many`` (which neither trains nor changes its
         template). Do not train or modify it; :meth:`new_model` gives a model to train."""
-        return self._cached("template", self.new_model)  # type: ignore[return-value]
+        return self._cached(  # type: ignore[return-value]
+            ("template", self.device), self.new_model)
 
     def scratch_model(self, role: str) -> nn.Module:
         """A model owned by ``role`` (e.g. the server's root-set training), built once per process
         and reused: the caller overwrites its parameters (``load_vector``) before each use."""
-        return self._cached(f"scratch:{role}", self.new_model)  # type: ignore[return-value]
+        return self._cached(("scratch", role, self.device),  # type: ignore[return-value]
+                            self.new_model)
 
-    def new_model(self) -> nn.Module:
-        """A fresh model with the run's initial parameters (same for a given ``cfg.seed``)."""
+    def new_model(self, device: torch.device | None = None) -> nn.Module:
+        """A fresh model with the run's initial parameters (same for a given ``cfg.seed``), on
+        ``device`` (default: the task's; initialised on the CPU, so the same values anywhere)."""
         ds = self.core.dataset
-        return build_model(
+        model = build_model(
             self.core.model_name, ds.input_shape, ds.num_classes, seed=self.core.init_seed
         )
+        device = self.device if device is None else device
+        return model if device.type == "cpu" else model.to(device)
 
-    def model_from_vector(self, vec: torch.Tensor) -> nn.Module:
-        """A fresh model holding the flat parameters ``vec``."""
-        model = self.new_model()
+    def model_from_vector(self, vec: torch.Tensor,
+                          device: torch.device | None = None) -> nn.Module:
+        """A fresh model holding the flat parameters ``vec`` (on ``device``, as
+        :meth:`new_model`)."""
+        model = self.new_model(device)
         load_vector(model, vec)
         return model
 
@@ -187,7 +196,8 @@ def _root_bias(cfg: RunConfig) -> dict[str, object]:
 
 def get_task(cfg: RunConfig) -> Task:
     """The cached :class:`Task` of ``cfg`` (same object for the same task key and TrainConfig)."""
-    return _task(_core(task_key(cfg)), TrainConfig.from_run_config(cfg))
+    return _task(_core(task_key(cfg)), TrainConfig.from_run_config(cfg),
+                 resolve_device(cfg.device))
 
 
 def clear_cache() -> None:
@@ -197,8 +207,8 @@ def clear_cache() -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _task(core: _Core, train_config: TrainConfig) -> Task:
-    return Task(core=core, train_config=train_config)
+def _task(core: _Core, train_config: TrainConfig, device: torch.device) -> Task:
+    return Task(core=core, train_config=train_config, device=device)
 
 
 @functools.lru_cache(maxsize=8)

@@ -46,8 +46,10 @@ __all__ = [
     "accuracy_on",
     "batch_schedule",
     "evaluate",
+    "model_device",
     "predict",
     "supports_batched",
+    "to_device",
     "train",
     "train_many",
 ]
@@ -174,12 +176,13 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    masks = None if grad_mask is None else _mask_views(model, grad_mask)
+    device = model_device(model)
+    masks = None if grad_mask is None else [m.to(device) for m in _mask_views(model, grad_mask)]
     model.train()
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for idx in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(model(to_device(x[idx], device)), to_device(y[idx], device))
         loss.backward()
         if masks is not None:
             for p, m in zip(model.parameters(), masks, strict=True):
@@ -189,6 +192,16 @@ def train(
         total += loss.detach() * len(idx)
     seen = sum(len(b) for b in batches)
     return TrainStats(loss=float(total) / seen, num_examples=len(x), steps=len(batches))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: itself when it is there already (always, on the CPU)."""
+    return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
 
 
 def _mask_views(model: nn.Module, grad_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -215,8 +228,10 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     """(N,) int64 predicted labels, computed in chunks of ``batch_size``."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     try:
-        return torch.cat([model(chunk).argmax(1) for chunk in x.split(batch_size)])
+        return torch.cat([model(to_device(chunk, device)).argmax(1).cpu()
+                          for chunk in x.split(batch_size)])
     finally:
         model.train(was_training)
 
@@ -230,16 +245,18 @@ def evaluate(
         raise TrainingError(f"evaluate needs matching non-empty x and y, got {len(x)}, {len(y)}")
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64)
-    correct = 0
+    device = model_device(model)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     try:
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            xb, yb = to_device(xb, device), to_device(yb, device)
             logits = model(xb)
             loss += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += int((logits.argmax(1) == yb).sum())
+            correct += (logits.argmax(1) == yb).sum()
     finally:
         model.train(was_training)
-    return EvalResult(loss=float(loss) / len(y), accuracy=correct / len(y))
+    return EvalResult(loss=float(loss) / len(y), accuracy=int(correct) / len(y))
 
 
 def accuracy_on(
@@ -383,11 +400,13 @@ def _train_vmap(
         _padded_schedule(n, max_steps, cfg, g) for n, g in zip(sizes, generators, strict=True)
     ]
     idx = torch.stack(schedules)[order]  # (K, S, B), rows sorted like `clients`
+    device = model_device(template)
     mask = (idx >= 0).to(torch.float32)
     idx.clamp_(min=0)  # padded slots read row 0 of their own client, with weight 0
 
     in_order = bool(torch.equal(order, torch.arange(k)))  # e.g. equal step counts: no permuting
     flat = initial.clone(memory_format=torch.contiguous_format) if in_order else initial[order]
+    flat = to_device(flat, device)
     layout = ParamLayout.of(template)
     params = {
         key: flat[:, a:b].view(k, *shape)
@@ -400,6 +419,7 @@ def _train_vmap(
         for row, client in enumerate(clients):
             if grad_masks[client] is not None:
                 rows[row] = _checked_mask(layout, grad_masks[client])
+        rows = to_device(rows, device)
         grad_mask = {key: rows[:, a:b].view(k, *shape)
                      for (key, a, b), shape in zip(layout.offsets(), layout.shapes, strict=True)}
 
@@ -415,7 +435,8 @@ def _train_vmap(
     xb = torch.empty(k, width, *datasets[0][0].shape[1:], dtype=datasets[0][0].dtype)
     yb = torch.empty(k, width, dtype=torch.int64)
     sorted_steps = steps[order]
-    loss_sum = torch.zeros(k, dtype=torch.float64)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    step_mask = to_device(mask, device)
     template.train()
     for s in range(max_steps):
         active = int((sorted_steps > s).sum())
@@ -423,12 +444,13 @@ def _train_vmap(
             x, y = datasets[client]
             torch.index_select(x, 0, idx[row, s], out=xb[row])
             torch.index_select(y, 0, idx[row, s], out=yb[row])
-        mb = mask[:active, s]
+        mb = step_mask[:active, s]
+        xs, ys = to_device(xb, device), to_device(yb, device)
         sub = {key: p[:active] for key, p in params.items()}
         if s == 0 and shared_start:
-            grads, losses = first_fn({key: p[0] for key, p in sub.items()}, xb, yb, mb)
+            grads, losses = first_fn({key: p[0] for key, p in sub.items()}, xs, ys, mb)
         else:
-            grads, losses = step_fn(sub, xb[:active], yb[:active], mb)
+            grads, losses = step_fn(sub, xs[:active], ys[:active], mb)
         loss_sum[:active] += losses.detach().double() * mb.sum(1).double()
         if grad_mask is not None:
             grads = {key: g * grad_mask[key][:active] for key, g in grads.items()}
@@ -438,7 +460,8 @@ def _train_vmap(
         out = flat
     else:
         out = torch.empty_like(flat)
-        out[order] = flat
+        out[order.to(device)] = flat
+    out, loss_sum = out.cpu(), loss_sum.cpu()
     seen = mask.sum((1, 2)).double()
     stats = [TrainStats(loss=0.0, num_examples=0, steps=0)] * k
     for row, client in enumerate(clients):

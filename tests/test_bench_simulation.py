@@ -136,3 +136,14 @@ def test_cnn_bench_times_the_fresh_model_baseline_against_the_current_round(tmp_
     text = capsys.readouterr().out
     assert "baseline: fresh NCHW model per client" in text and "compute floor" in text
     assert bs.main(["--cnn", "--repeats", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_bench_prints_no_gpu_without_one(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert bs.main(["--gpu", "--quick", "--clients", "4", "--rounds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "| round median ms |" in text and "no GPU" in text

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fedshield.clients.attacks.base import AttackError, check_positive, register
 from fedshield.clients.attacks.data import BackdoorPatch, _check_image
+from fedshield.tasks.device import CPU
 
 
 @register
@@ -132,8 +133,9 @@ class A3FL(BackdoorPatch):
         rows, cols = self._window(x.shape[2], x.shape[3])
         pattern = (torch.full((x.shape[1], self.size, self.size), self.high)
                    if self._pattern is None else self._pattern.clone())
-        model = task.model_from_vector(theta)
-        adapted = task.model_from_vector(theta)
+        # on the CPU, with the client's data, whatever the run's device
+        model = task.model_from_vector(theta, CPU)
+        adapted = task.model_from_vector(theta, CPU)
         optimiser = torch.optim.SGD(adapted.parameters(), lr=self.adv_lr)
         for _ in range(self.adv_steps):  # the copy that forgets the current trigger
             optimiser.zero_grad()

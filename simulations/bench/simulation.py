@@ -511,6 +511,48 @@ def cnn_main(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# CPU vs GPU
+# --------------------------------------------------------------------------------------------
+def gpu_table(cpu: EngineMeasurement, gpu: EngineMeasurement | None) -> str:
+    def cell(m: EngineMeasurement | None, value: Callable[[EngineMeasurement], float]) -> Any:
+        return "no GPU" if m is None else value(m)
+
+    rows = [
+        ("round median ms", cpu.round_median * 1e3, cell(gpu, lambda m: m.round_median * 1e3)),
+        ("train ms", cpu.phase_median["train"] * 1e3,
+         cell(gpu, lambda m: m.phase_median["train"] * 1e3)),
+        ("aggregate ms", cpu.phase_median["aggregate"] * 1e3,
+         cell(gpu, lambda m: m.phase_median["aggregate"] * 1e3)),
+        ("eval ms", cpu.phase_median["eval"] * 1e3,
+         cell(gpu, lambda m: m.phase_median["eval"] * 1e3)),
+        ("client updates/s", cpu.updates_per_second, cell(gpu, lambda m: m.updates_per_second)),
+    ]
+    return table(["inline engine", "cpu", "cuda"], rows)
+
+
+def gpu_main(args: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        cfg = build_config(args)
+    except (BenchError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    has_gpu = torch.cuda.is_available()
+    print(f"# bench simulation --gpu  ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
+          f"{torch.cuda.get_device_name(0) if has_gpu else 'no GPU'})")
+    print(f"scenario: dataset={cfg.dataset} model={cfg.model} clients={cfg.num_clients} "
+          f"rounds={cfg.rounds} rule={cfg.aggregator}")
+    cpu = measure_inline(cfg.with_updates(device="cpu"))
+    gpu = measure_inline(cfg.with_updates(device="cuda")) if has_gpu else None
+    print()
+    print(gpu_table(cpu, gpu))
+    if gpu is not None:
+        print(f"\ncpu / cuda round time: {cpu.round_median / gpu.round_median:.2f}x")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Scenario
 # --------------------------------------------------------------------------------------------
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -672,6 +714,9 @@ def build_parser(prog: str = "fedshield bench simulation") -> argparse.ArgumentP
                         help="the fltrust-mnist CNN round's client step: the fresh-model "
                         "baseline vs the current one, and the compute floor")
     parser.add_argument("--repeats", type=int, default=5, help="--cnn: timed repeats of each")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the inline engine on device=cpu and device=cuda, same scenario "
+                        "(the GPU column says 'no GPU' without one)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     return parser
 
@@ -715,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --repeats must be >= 1", file=sys.stderr)
             return 2
         return cnn_main(args)
+    if args.gpu:
+        return gpu_main(args)
     try:
         engines = _engines(args.engines)
         rules = _rules(args.rules)
