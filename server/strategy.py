@@ -105,6 +105,10 @@ class RobustStrategy(FedAvg):
         robust vector, aggregated by the rule like a parameter).
     integer_buffers: integer entries (``num_batches_tracked``) are never part of the robust
         vector: ``"median"`` (the replies' lower median, an exact integer) or ``"keep"``.
+    release_replies: drop each reply's robust arrays as soon as they are decoded into their row
+        of the (n, d) update matrix, so the server never holds a round's updates twice
+        (``fedshield bench memory``); False keeps the replies whole (a caller that reads them
+        after ``aggregate_train``).
     Other keyword arguments go to ``FedAvg`` (fraction_train, min_available_nodes, ...).
     """
 
@@ -133,6 +137,7 @@ class RobustStrategy(FedAvg):
         meta_key: str = "meta",
         buffers: str = "median",
         integer_buffers: str = "median",
+        release_replies: bool = True,
         buffer_keys: Callable[[str], bool] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
@@ -185,6 +190,7 @@ class RobustStrategy(FedAvg):
                               weight=self.weighted_by_key, observed=tuple(observed_records))
         self.buffers = buffers
         self.integer_buffers = integer_buffers
+        self.release_replies = release_replies
         self.buffer_keys = buffer_keys or is_running_statistic
         self.records: dict[int, RoundRecord] = {}
         self.reports: dict[int, dict[str, Any]] = {}  # the records' ledger payloads
@@ -282,7 +288,7 @@ class RobustStrategy(FedAvg):
             self.observe_replies(rnd, [replies[i.index] for i in valid])
         updates, kept, undecodable = decode_updates(replies, valid, self._global_vec,
                                                     self._layout, self.arrayrecord_key,
-                                                    subset=True)
+                                                    subset=True, release=self.release_replies)
         record = self.core.run(rnd, self._global_vec, updates, [i.row() for i in kept],
                                replies=len(replies), rejected=rejected + undecodable)
         self._log_round(rnd, replies, record)

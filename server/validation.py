@@ -29,9 +29,11 @@ The ``meta`` ConfigRecord ``{"partition-id": int, "malicious": bool}`` is the gr
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,10 +174,14 @@ def decode_updates(
     arrays_key: str = "arrays",
     *,
     subset: bool = False,
+    release: bool = False,
 ) -> tuple[torch.Tensor, list[ReplyInfo], list[Rejection]]:
     """Decode each valid reply once into a preallocated (n, d) float32 matrix of deltas
     (client − global); drop the replies that do not decode (check 8). Non-finite rows are the
-    round core's to drop (``fedshield.server.round``), for both engines alike.
+    round core's to drop (``fedshield.server.round``), for both engines alike. ``release``:
+    delete each decoded reply's ``layout`` entries from its ArrayRecord as soon as its row is
+    written (other entries, e.g. buffers, stay), so that the replies' memory is freed while the
+    matrix fills: the round never holds every update twice.
 
     Returns (updates (k, d) contiguous, kept infos in row order, new rejections)."""
     out = torch.empty((len(valid), global_vec.numel()), dtype=torch.float32)
@@ -192,10 +198,34 @@ def decode_updates(
             continue
         target.sub_(global_vec)
         kept.append(info)
+        if release:
+            record = replies[info.index].content[arrays_key]
+            for key in layout.keys:
+                del record[key]
+            return_freed_memory()
     return out[: len(kept)], kept, rejected
 
 
 # --- helpers -------------------------------------------------------------------------------------
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A released reply's buffers are mostly heap memory (glibc serves blocks below its adaptive
+    mmap threshold, up to 32 MiB, from the heap), which ``free`` keeps for reuse; the update
+    matrix is one fresh mapping that cannot reuse it. Without the trim the process holds both."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _check_arrays(arrays: ArrayRecord, expected: Expected) -> tuple[Reason, str] | None:
     got = tuple(arrays.keys())
     if got != expected.keys:

@@ -20,6 +20,7 @@ BENCHES = {
     "scaling": "fedshield.simulations.bench.scaling",
     "training": "fedshield.simulations.bench.training",
     "sweep": "fedshield.simulations.bench.sweep",
+    "memory": "fedshield.simulations.bench.memory",
 }
 
 EPILOG = """examples:
@@ -30,7 +31,7 @@ EPILOG = """examples:
   fedshield leaderboard results/breakdown     breakdown points: Markdown, PNG, CSV, JSON
   fedshield list attacks
   fedshield sweep breakdown --ray auto        cells as tasks on a Ray cluster
-  fedshield bench aggregators                 (also: simulation, scaling, training, sweep)
+  fedshield bench aggregators                 (also: simulation, scaling, training, sweep, memory)
   fedshield findings fltrust results/fltrust-mnist
   fedshield ledger verify run/ledger.jsonl
 """
@@ -94,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="all",
                    choices=("all", *LIST_SECTIONS))
 
-    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling | training | "
-                       "sweep")
+    p = sub.add_parser("bench", help="benchmarks: aggregators | simulation | scaling | "
+                       "training | sweep | memory")
     p.add_argument("target", choices=tuple(BENCHES))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 

@@ -230,8 +230,8 @@ def test_too_few_valid_replies_keeps_the_model_and_says_so():
     assert strategy.reports[1]["model_hash_before"] == strategy.reports[1]["model_hash_after"]
 
 
-def test_replies_are_not_emptied():
-    strategy = RobustStrategy(Mean())
+def test_replies_are_kept_whole_when_asked():
+    strategy = RobustStrategy(Mean(), release_replies=False)
     replies = [reply(1, 1.0), reply(2, 2.0)]
     before = [flat(r.content["arrays"]).copy() for r in replies]
     run_round(strategy, replies)
@@ -475,24 +475,27 @@ def test_buffers_stay_out_of_the_robust_vector_and_take_a_robust_median():
     (norms and distances over it alone); the buffers take the replies' median, so one client
     claiming a huge running variance or counter moves nothing."""
     base = bn_record(0.0, 1.0, 10, 0.0)
-    honest = [bn_record(0.1 * i, 1.0 + 0.1 * i, 12, 1.0) for i in range(4)]
-    evil = bn_record(1e6, 1e9, 2**40, 1.0)
-    replies = [reply(i + 1, 0.0, arrays=rec) for i, rec in enumerate([*honest, evil])]
+
+    def replies():  # fresh each round: a strategy releases the replies' decoded arrays
+        honest = [bn_record(0.1 * i, 1.0 + 0.1 * i, 12, 1.0) for i in range(4)]
+        evil = bn_record(1e6, 1e9, 2**40, 1.0)
+        return [reply(i + 1, 0.0, arrays=rec) for i, rec in enumerate([*honest, evil])]
+
     rule = Mean()
-    new, _ = run_round(RobustStrategy(rule), replies, arrays=base)
+    new, _ = run_round(RobustStrategy(rule), replies(), arrays=base)
     assert rule.calls[0]["updates"].shape == (5, 3)  # the weight only
     np.testing.assert_allclose(new["bn.running_mean"].numpy(), [0.2] * 3, rtol=1e-6)
     np.testing.assert_allclose(new["bn.running_var"].numpy(), [1.2] * 3, rtol=1e-6)
     assert new["bn.num_batches_tracked"].numpy().tolist() == 12
     assert new["bn.num_batches_tracked"].numpy().dtype == np.int64
     mean = RobustStrategy(Mean(), buffers="mean")
-    new, _ = run_round(mean, replies, arrays=base)
+    new, _ = run_round(mean, replies(), arrays=base)
     assert new["bn.running_var"].numpy()[0] > 1e8  # "mean" lets one client move it at will
     keep = RobustStrategy(Mean(), integer_buffers="keep")
-    new, _ = run_round(keep, replies, arrays=base)
+    new, _ = run_round(keep, replies(), arrays=base)
     assert new["bn.num_batches_tracked"].numpy().tolist() == 10
     ruled = Mean()
-    run_round(RobustStrategy(ruled, buffers="rule"), replies, arrays=base)
+    run_round(RobustStrategy(ruled, buffers="rule"), replies(), arrays=base)
     assert ruled.calls[0]["updates"].shape == (5, 9)  # running statistics in the robust vector
     with pytest.raises(StrategyError, match="buffers must be one of"):
         RobustStrategy(Mean(), buffers="average")
@@ -532,3 +535,31 @@ def test_detector_configuration_errors():
         RobustStrategy("median", detector="backdoor-indicator")
     with pytest.raises(AggregatorError, match=r"detector must be a detector name.*got 'nope'"):
         RobustStrategy("median", detector="nope")
+
+
+def test_decoded_replies_release_their_robust_arrays_for_the_same_round():
+    deltas = [1.0, 2.0, 6.0]
+    released = [reply(i + 1, d) for i, d in enumerate(deltas)]
+    kept = [reply(i + 1, d) for i, d in enumerate(deltas)]
+    new_released, _ = run_round(RobustStrategy(Mean()), released)
+    new_kept, _ = run_round(RobustStrategy(Mean(), release_replies=False), kept)
+    np.testing.assert_array_equal(flat(new_released), flat(new_kept))
+    assert all(len(msg.content["arrays"]) == 0 for msg in released)  # freed as decoded
+    assert all(set(msg.content["arrays"].keys()) == {"w", "b"} for msg in kept)
+    assert all("metrics" in msg.content for msg in released)  # the rest of a reply stays
+
+
+@pytest.mark.slow
+def test_the_memory_bench_measures_both_modes_in_child_processes(tmp_path, capsys):
+    import json
+
+    from fedshield.simulations.bench import memory
+
+    out = tmp_path / "memory.json"
+    assert memory.main(["--clients", "4", "--params", "1000", "--rules", "fedavg",
+                        "--json", str(out)]) == 0
+    kept, released = json.loads(out.read_text())
+    assert (kept["release"], released["release"]) == (False, True)
+    assert kept["replies_bytes"] == released["replies_bytes"] == 4 * 1000 * 4
+    assert released["peak"] >= released["rss_with_replies"] > 0
+    assert "| fedavg |" in capsys.readouterr().out
