@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import example_id, rule_examples
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from helpers_flower import error_reply, flat, global_record, reply
 
@@ -563,3 +564,23 @@ def test_the_memory_bench_measures_both_modes_in_child_processes(tmp_path, capsy
     assert kept["replies_bytes"] == released["replies_bytes"] == 4 * 1000 * 4
     assert released["peak"] >= released["rss_with_replies"] > 0
     assert "| fedavg |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", rule_examples(), ids=[example_id(c) for c in rule_examples()])
+def test_every_rule_gives_the_same_round_with_replies_released_or_kept(case):
+    from fedshield import aggregators
+
+    name, params = case
+    n = max(aggregators.create(name, **params).min_clients(), 9)
+    gen = np.random.default_rng(7)
+    deltas = [gen.standard_normal(9).astype(np.float32) for _ in range(n)]
+    reference = torch.from_numpy(np.mean(deltas, axis=0))
+    results = []
+    for release in (True, False):
+        rule = aggregators.create(name, **params)
+        strategy = RobustStrategy(rule, release_replies=release,
+                                  reference_fn=(lambda rnd, theta: reference)
+                                  if rule.needs_reference else None)
+        new, _ = run_round(strategy, [reply(i + 1, d) for i, d in enumerate(deltas)])
+        results.append(flat(new))
+    np.testing.assert_array_equal(results[0], results[1])
