@@ -274,13 +274,18 @@ def majority_cluster(distances: np.ndarray, min_cluster_size: int) -> np.ndarray
     return labels == np.bincount(clustered).argmax()
 
 
+def random_column_indices(d: int, size: int, generator: torch.Generator) -> torch.Tensor | None:
+    """``size`` distinct random column indices of d, sorted (a streaming gather); None when
+    ``size >= d`` (every column, no draw)."""
+    if size >= d:
+        return None
+    return torch.randperm(d, generator=generator)[:size].sort().values
+
+
 def random_columns(updates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """(n, size) copy of ``size`` distinct random columns (sorted: a streaming gather)."""
-    d = updates.shape[1]
-    if size >= d:
-        return updates
-    cols = torch.randperm(d, generator=generator)[:size].sort().values
-    return updates.index_select(1, cols)
+    cols = random_column_indices(updates.shape[1], size, generator)
+    return updates if cols is None else updates.index_select(1, cols)
 
 
 # Column block: c·n values ≈ 2 MiB of float32 at most (the centred block stays in L2 while the

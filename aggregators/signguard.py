@@ -31,7 +31,12 @@ import torch
 
 from fedshield.aggregators.base import Aggregation, Context, Param, Rule, register
 from fedshield.aggregators.detection import Detection, Detector, register_detector
-from fedshield.aggregators.kernels import clipped_mean, median_norm, random_columns, row_norms
+from fedshield.aggregators.kernels import (
+    clipped_mean,
+    median_norm,
+    random_column_indices,
+    row_norms,
+)
 from fedshield.aggregators.validation import (
     choice,
     interval,
@@ -41,12 +46,24 @@ from fedshield.aggregators.validation import (
 )
 
 CLUSTERINGS = ("meanshift", "kmeans", "dbscan")
+_SIGN_BLOCK_VALUES = 1 << 20  # values per column block of the sign counts (4 MiB of float32)
 
 
-def sign_features(sub: torch.Tensor) -> np.ndarray:
-    """(n, 3) fractions of positive / zero / negative entries per row, each column / its max."""
-    signs = torch.sign(sub)
-    feats = torch.stack([(signs == s).to(torch.float64).mean(dim=1) for s in (1, 0, -1)], dim=1)
+def sign_features(updates: torch.Tensor, cols: torch.Tensor | None = None) -> np.ndarray:
+    """(n, 3) fractions of positive / zero / negative entries per row over the columns ``cols``
+    (None: all), each column / its max. Counted block by block (no (n, |cols|) copy)."""
+    n, d = updates.shape
+    total = d if cols is None else cols.numel()
+    positive = torch.zeros(n, dtype=torch.int64)
+    negative = torch.zeros(n, dtype=torch.int64)
+    step = max(1, _SIGN_BLOCK_VALUES // n)
+    for start in range(0, total, step):
+        block = (updates[:, start:start + step] if cols is None
+                 else updates.index_select(1, cols[start:start + step]))
+        positive += (block > 0).sum(dim=1)
+        negative += (block < 0).sum(dim=1)
+    counts = torch.stack([positive, total - positive - negative, negative], dim=1)
+    feats = counts.to(torch.float64) / total
     top = feats.max(dim=0).values
     return (feats / torch.where(top > 0, top, 1.0)).numpy()
 
@@ -121,8 +138,8 @@ class SignGuardFilter(Detector):
         bound = median_norm(norms)
         in_band = (norms >= self.lower * bound) & (norms <= self.upper * bound)
         size = min(d, max(1, math.ceil(self.fraction * d)))
-        sub = random_columns(updates, size, self._generator)
-        in_cluster = torch.from_numpy(self._cluster(sign_features(sub)))
+        cols = random_column_indices(d, size, self._generator)
+        in_cluster = torch.from_numpy(self._cluster(sign_features(updates, cols)))
         good = in_band & in_cluster
         fallback = not bool(good.any())
         if fallback:

@@ -80,3 +80,15 @@ def test_empty_band_falls_back_to_everyone():
 def test_bad_parameters_are_named(params, word):
     with pytest.raises(AggregatorError, match=word):
         aggregators.create("signguard", **params)
+
+
+def test_sign_features_count_column_blocks_without_copying_the_sample():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 800_000, generator=gen)  # more columns than one block of 3 rows
+    x[x.abs() < 0.2] = 0.0
+    cols = torch.randperm(800_000, generator=gen)[:500_000].sort().values
+    expected = sign_features(x.index_select(1, cols))  # the same columns, gathered first
+    assert (sign_features(x, cols) == expected).all()
+    rows = [(x.index_select(1, cols)[i] > 0).double().mean() for i in range(3)]
+    top = max(rows)
+    assert sign_features(x, cols)[:, 0].tolist() == [float(r / top) for r in rows]
