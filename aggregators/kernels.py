@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,23 +191,51 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
     return norms
 
 
-def unit_rows(updates: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows / ‖row‖, nonzero mask) in the updates' dtype; zero rows stay zero.
+class UnitRows:
+    """The rows of ``updates`` scaled to unit norm, column block by column block, without an
+    (n, d) copy; zero rows stay zero.
 
     A division by the norm (never a multiplication by its reciprocal, so a row with one non-zero
-    entry becomes exactly ±e_k); rows whose norm is outside the dtype's normal range are first
-    divided by their largest |entry|.
-    """
-    info = torch.finfo(updates.dtype)
-    nonzero = norms > 0
-    divisor = torch.where(nonzero, norms, 1.0)
-    extreme = (divisor > info.max / 4) | (divisor < info.tiny)
-    unit = updates / divisor.to(updates.dtype)[:, None]
-    if bool(extreme.any()):
-        rows = updates[extreme]
-        rows = rows / rows.abs().amax(dim=1, keepdim=True)
-        unit[extreme] = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    return unit, nonzero
+    entry becomes exactly ±e_k); the rare rows whose norm is outside the dtype's normal range are
+    first divided by their largest |entry| (those rows alone are kept whole)."""
+
+    def __init__(self, updates: torch.Tensor, norms: torch.Tensor) -> None:
+        info = torch.finfo(updates.dtype)
+        self.updates = updates
+        self.nonzero = norms > 0
+        divisor = torch.where(self.nonzero, norms, 1.0)
+        self.divisor = divisor.to(updates.dtype)[:, None]
+        extreme = (divisor > info.max / 4) | (divisor < info.tiny)
+        self.extreme = torch.nonzero(extreme).flatten()
+        self.extreme_rows = None
+        if self.extreme.numel():
+            rows = updates[self.extreme]
+            rows = rows / rows.abs().amax(dim=1, keepdim=True)
+            self.extreme_rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.updates.shape
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """(n, stop − start) the unit rows' columns [start, stop), a new contiguous tensor."""
+        block = self.updates[:, start:stop] / self.divisor
+        if self.extreme_rows is not None:
+            block[self.extreme] = self.extreme_rows[:, start:stop]
+        return block
+
+    def row(self, i: int) -> torch.Tensor:
+        """(d,) unit row i."""
+        hit = torch.nonzero(self.extreme == i).flatten()
+        if self.extreme_rows is not None and hit.numel():
+            return self.extreme_rows[int(hit[0])]
+        return self.updates[i] / self.divisor[i]
+
+
+def unit_rows(updates: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows / ‖row‖, nonzero mask) in the updates' dtype, materialised (see :class:`UnitRows`)."""
+    unit = UnitRows(updates, norms)
+    return unit.columns(0, updates.shape[1]), unit.nonzero
 
 
 def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,8 +247,13 @@ def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) 
     ±1: parallel rows are exactly parallel whatever the float32 rounding of the kernel's GEMM
     (and whatever their scale).
     """
-    unit, nonzero = unit_rows(updates, row_norms(updates) if norms is None else norms)
-    cos = (1.0 - pairwise_sq_distances(unit).to(torch.float64) / 2.0).clamp(-1.0, 1.0)
+    unit = UnitRows(updates, row_norms(updates) if norms is None else norms)
+    _check_gram_input(updates)
+    gram = _centred_gram(unit)  # unit rows: finite, no overflow
+    sq = gram.diagonal()
+    distances = sanitize_distances(sq[:, None] + sq[None, :] - 2.0 * gram)
+    nonzero = unit.nonzero
+    cos = (1.0 - distances.to(torch.float64) / 2.0).clamp(-1.0, 1.0)
     cos = torch.where(cos.abs() > 1.0 - PARALLEL_TOL, cos.sign(), cos)
     both = nonzero[:, None] & nonzero[None, :]
     return torch.where(both, cos, torch.zeros_like(cos))
@@ -315,6 +349,16 @@ def centred_gram(updates: torch.Tensor) -> torch.Tensor:
     no term of the size ‖x_k − x_j‖² that the same formula on distances (Σ α_i D_ij − ½αᵀDα)
     must cancel (geomed's hijack by one row at 1e20).
     """
+    _check_gram_input(updates)
+    x = updates.detach().contiguous()
+    gram = _centred_gram(Rows(x))
+    if not bool(torch.isfinite(gram).all()):
+        require_finite("pairwise_sq_distances", "updates", x)
+        gram = _centred_gram(Rows(x.double()))  # finite rows whose float32 Gram overflowed
+    return gram
+
+
+def _check_gram_input(updates: Any) -> None:
     if not isinstance(updates, torch.Tensor) or updates.ndim != 2:
         raise AggregatorError("pairwise_sq_distances: updates must be a 2-D torch.Tensor (n, d)")
     if not updates.is_floating_point():
@@ -322,14 +366,30 @@ def centred_gram(updates: torch.Tensor) -> torch.Tensor:
     n, d = updates.shape
     if n == 0 or d == 0:
         raise AggregatorError(f"pairwise_sq_distances: empty updates of shape {(n, d)}")
-    x = updates.detach().contiguous()
-    head = torch.linalg.vector_norm(x[:, : min(d, 4096)].double(), dim=1).nan_to_num(0.0)
+
+
+class Rows:
+    """A matrix read column block by column block (the interface :class:`UnitRows` shares)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.x.shape
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        return self.x[:, start:stop]
+
+    def row(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def _centred_gram(rows: Rows | UnitRows) -> torch.Tensor:
+    n, d = rows.shape
+    head = torch.linalg.vector_norm(rows.columns(0, min(d, 4096)).double(), dim=1).nan_to_num(0.0)
     ref = int(torch.argsort(head, stable=True)[(n - 1) // 2])
-    gram = _centred_blocks(x, ref)
-    if not bool(torch.isfinite(gram).all()):
-        require_finite("pairwise_sq_distances", "updates", x)
-        gram = _centred_blocks(x.double(), ref)  # finite rows whose float32 Gram overflowed
-    return gram
+    return _centred_blocks(rows, ref)
 
 
 def _block(n: int, d: int) -> int:
@@ -339,19 +399,19 @@ def _block(n: int, d: int) -> int:
     return min(d, 8192, max(1024, _BLOCK_VALUES // n))
 
 
-def _centred_blocks(x: torch.Tensor, ref: int) -> torch.Tensor:
-    n, d = x.shape
+def _centred_blocks(rows: Rows | UnitRows, ref: int) -> torch.Tensor:
+    n, d = rows.shape
     c = _block(n, d)
-    r = x[ref]
+    r = rows.row(ref)
     gram = torch.zeros((n, n), dtype=torch.float64)  # Σ over blocks of the centred Gram
     # One reused (n, c) buffer, itself (never a view of it) the operand: torch's `A @ A.T` takes
     # its symmetric fast path only for a tensor that is not a view (measured 2 ms vs 10 ms at
     # 50 x 2e4), and reuse avoids the page faults of a fresh allocation per block.
-    buf = torch.empty((n, c), dtype=x.dtype)
+    buf = torch.empty((n, c), dtype=r.dtype)
     for s in range(0, d, c):
         e = min(d, s + c)
-        block = torch.sub(x[:, s:e], r[s:e], out=buf) if e - s == c else \
-            torch.sub(x[:, s:e], r[s:e])
+        block = torch.sub(rows.columns(s, e), r[s:e], out=buf) if e - s == c else \
+            torch.sub(rows.columns(s, e), r[s:e])
         gram.add_(block @ block.T)  # float32 block product, float64 accumulation
     return gram
 

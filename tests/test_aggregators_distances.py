@@ -87,3 +87,24 @@ def test_rules_use_the_gram_context() -> None:
     x[0, 0] = float("inf")
     with pytest.raises(AggregatorError, match="NaN/Inf"):
         create("krum", f=1)(x, gram=gram)
+
+
+def test_cosines_stream_the_unit_rows_and_equal_the_materialised_ones_bit_for_bit():
+    from fedshield.aggregators.kernels import (
+        cosine_similarity,
+        pairwise_sq_distances,
+        row_norms,
+        unit_rows,
+    )
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 20_000, generator=gen)  # several column blocks
+    x[1] = 0.0
+    x[2] = x[2].sign() * 3e38  # norm beyond float32's range: divided by its largest entry first
+    x[3] = x[3].sign() * 1e-40  # subnormal entries
+    unit, nonzero = unit_rows(x, row_norms(x))  # the (n, d) copy the streamed path avoids
+    cos = (1.0 - pairwise_sq_distances(unit) / 2.0).clamp(-1.0, 1.0)
+    cos = torch.where(cos.abs() > 1.0 - 1e-6, cos.sign(), cos)
+    cos = torch.where(nonzero[:, None] & nonzero[None, :], cos, torch.zeros_like(cos))
+    assert torch.equal(cosine_similarity(x), cos)
+    assert torch.allclose(unit.norm(dim=1)[nonzero], torch.ones(11), atol=1e-6)
