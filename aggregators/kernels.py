@@ -247,13 +247,11 @@ def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) 
     ±1: parallel rows are exactly parallel whatever the float32 rounding of the kernel's GEMM
     (and whatever their scale).
     """
-    unit = UnitRows(updates, row_norms(updates) if norms is None else norms)
     _check_gram_input(updates)
-    gram = _centred_gram(unit)  # unit rows: finite, no overflow
-    sq = gram.diagonal()
-    distances = sanitize_distances(sq[:, None] + sq[None, :] - 2.0 * gram)
+    unit = UnitRows(updates, row_norms(updates) if norms is None else norms)
+    distances = distances_from_gram(_centred_gram(unit))  # unit rows: finite, no overflow
     nonzero = unit.nonzero
-    cos = (1.0 - distances.to(torch.float64) / 2.0).clamp(-1.0, 1.0)
+    cos = (1.0 - distances / 2.0).clamp(-1.0, 1.0)
     cos = torch.where(cos.abs() > 1.0 - PARALLEL_TOL, cos.sign(), cos)
     both = nonzero[:, None] & nonzero[None, :]
     return torch.where(both, cos, torch.zeros_like(cos))
@@ -334,7 +332,11 @@ def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
     diagonal, symmetric, every entry >= 0 and finite. Raises AggregatorError for a non-2-D,
     non-float, empty or non-finite input.
     """
-    gram = centred_gram(updates)
+    return distances_from_gram(centred_gram(updates))
+
+
+def distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """D_ij = G_ii + G_jj − 2 G_ij, sanitised (:func:`sanitize_distances`)."""
     sq = gram.diagonal()
     return sanitize_distances(sq[:, None] + sq[None, :] - 2.0 * gram)
 
