@@ -13,8 +13,9 @@ aggregates (``release_replies=False``, the baseline: Flower's messages plus the 
 matrix) and releasing each reply's decoded arrays as soon as its row is written (the default).
 Target: <= 1.15 for every rule that can stream.
 
-Linux only (``/proc``). Each child needs about 2.2 × the replies' size of free memory for the
-baseline row.
+Linux only (``/proc``). A child needs the replies' size times its "keep replies" figure of free
+memory (2–5× for most rules; FoolsGold's float64 history needs more than 24 GB at the default
+size and is killed by the kernel, reported as an error row).
 """
 
 from __future__ import annotations
