@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedshield.aggregators.base import AggregatorError, require_finite
+from fedshield.aggregators.base import AggregatorError, finite_rows, require_finite
 
 # Column block for the coordinate-wise kernels: c·n values ≈ 1 MiB of float32, so the block being
 # sorted stays in L2 cache (measured fastest on the 2 MiB-L2 benchmark machine).
@@ -72,9 +72,11 @@ def weighted_sum(weights: torch.Tensor, updates: torch.Tensor, *,
 def mean_rows(mixing: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     """(k, d) = ``mixing`` (k, n) @ ``updates`` (n, d) for a row-stochastic ``mixing`` (each row
     a convex combination, so every result fits the updates' dtype): one GEMM in that dtype,
-    redone in float64 where finite values near the dtype's maximum overflowed."""
+    redone in float64 where finite values near the dtype's maximum overflowed. (The check reads
+    row sums, ``base.finite_rows``: ``torch.isfinite`` on the (k, d) result would allocate 1.75×
+    its size in temporaries.)"""
     out = mixing.to(updates.dtype) @ updates
-    if not bool(torch.isfinite(out).all()):
+    if not bool(finite_rows(out).all()):
         out = (mixing.double() @ updates.double()).to(updates.dtype)
     return out
 
