@@ -234,11 +234,6 @@ class UnitRows:
         return self.updates[i] / self.divisor[i]
 
 
-def unit_rows(updates: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows / ‖row‖, nonzero mask) in the updates' dtype, materialised (see :class:`UnitRows`)."""
-    unit = UnitRows(updates, norms)
-    return unit.columns(0, updates.shape[1]), unit.nonzero
-
 
 def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """(n, n) float64 cos(Δ_i, Δ_j), through the shared kernel: cos = 1 − ‖u_i − u_j‖² / 2.

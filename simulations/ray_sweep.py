@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedshield.simulations.runner import THREAD_ENV, failure_record, run_cell_safely
+from fedshield.simulations.runner import THREAD_ENV, drain, run_cell_safely
 
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -89,19 +89,8 @@ def run_on_ray(todo: list[dict[str, Any]], finish: Finish, *, address: str) -> N
 def _drain(ray: Any, todo: list[dict[str, Any]], finish: Finish) -> None:
     cell_task = ray.remote(num_cpus=1, max_retries=0)(run_cell_safely)
     in_flight = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    queue, pending = list(todo), {}
-    while queue or pending:
-        while queue and len(pending) < in_flight:
-            payload = queue.pop(0)
-            pending[cell_task.remote(payload)] = payload
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            payload = pending.pop(ref)
-            try:
-                record = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # the worker died: a failed cell
-                record = failure_record(payload, exc)
-            finish(record)
+    drain(todo, lambda payload: cell_task.remote(payload).future(), in_flight, finish,
+          lost=(ray.exceptions.RayError,))  # the worker died: a failed cell
 
 
 def ray_executable() -> str:

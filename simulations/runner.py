@@ -213,15 +213,31 @@ def _run(todo: list[dict[str, Any]], workers: int,
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
-        pending: set[Future[dict[str, Any]]] = set()
-        queue = list(todo)
         try:
-            while queue or pending:
-                while queue and len(pending) < workers * 2:
-                    pending.add(pool.submit(run_cell_safely, queue.pop(0)))
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    finish(future.result())
+            drain(todo, lambda payload: pool.submit(run_cell_safely, payload), workers * 2,
+                  finish)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def drain(todo: list[dict[str, Any]],
+          submit: Callable[[dict[str, Any]], Future[dict[str, Any]]], in_flight: int,
+          finish: Callable[[dict[str, Any]], None],
+          lost: tuple[type[BaseException], ...] = ()) -> None:
+    """Submit the payloads with at most ``in_flight`` pending, and ``finish`` each record as it
+    arrives; a future that raises one of ``lost`` (its worker died) becomes a failed cell."""
+    queue = list(todo)
+    pending: dict[Future[dict[str, Any]], dict[str, Any]] = {}
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            payload = queue.pop(0)
+            pending[submit(payload)] = payload
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            payload = pending.pop(future)
+            try:
+                record = future.result()
+            except lost as exc:
+                record = failure_record(payload, exc)
+            finish(record)

@@ -103,8 +103,7 @@ class Task:
         model = build_model(
             self.core.model_name, ds.input_shape, ds.num_classes, seed=self.core.init_seed
         )
-        device = self.device if device is None else device
-        return model if device.type == "cpu" else model.to(device)
+        return model.to(self.device if device is None else device)  # on the CPU: itself
 
     def model_from_vector(self, vec: torch.Tensor,
                           device: torch.device | None = None) -> nn.Module:

@@ -91,10 +91,10 @@ def test_rules_use_the_gram_context() -> None:
 
 def test_cosines_stream_the_unit_rows_and_equal_the_materialised_ones_bit_for_bit():
     from fedshield.aggregators.kernels import (
+        UnitRows,
         cosine_similarity,
         pairwise_sq_distances,
         row_norms,
-        unit_rows,
     )
 
     gen = torch.Generator().manual_seed(1)
@@ -102,7 +102,8 @@ def test_cosines_stream_the_unit_rows_and_equal_the_materialised_ones_bit_for_bi
     x[1] = 0.0
     x[2] = x[2].sign() * 3e38  # norm beyond float32's range: divided by its largest entry first
     x[3] = x[3].sign() * 1e-40  # subnormal entries
-    unit, nonzero = unit_rows(x, row_norms(x))  # the (n, d) copy the streamed path avoids
+    rows = UnitRows(x, row_norms(x))
+    unit, nonzero = rows.columns(0, x.shape[1]), rows.nonzero  # the copy the stream avoids
     cos = (1.0 - pairwise_sq_distances(unit) / 2.0).clamp(-1.0, 1.0)
     cos = torch.where(cos.abs() > 1.0 - 1e-6, cos.sign(), cos)
     cos = torch.where(nonzero[:, None] & nonzero[None, :], cos, torch.zeros_like(cos))
