@@ -31,21 +31,6 @@ from typing import Any
 TARGET = 1.15
 
 
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` field in bytes (VmRSS, VmHWM)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
 def child(rule: str, clients: int, params: int, release: bool, seed: int = 0) -> dict[str, Any]:
     """One measurement, in this process (see the module docstring)."""
     import gc
@@ -66,6 +51,7 @@ def child(rule: str, clients: int, params: int, release: bool, seed: int = 0) ->
     from fedshield import aggregators
     from fedshield.server.strategy import RobustStrategy
     from fedshield.server.validation import return_freed_memory
+    from fedshield.simulations.bench.scaling import proc_status, reset_peak
     from fedshield.simulations.bench.simulation import rule_params_for
 
     torch.set_num_threads(1)
@@ -82,7 +68,7 @@ def child(rule: str, clients: int, params: int, release: bool, seed: int = 0) ->
     global_arrays = ArrayRecord({"w": Array(np.zeros(params, dtype=np.float32))})
     strategy.begin_round(global_arrays, sent_nodes=list(range(1, clients + 1)))
     gc.collect()
-    before = _status("VmRSS")
+    before = proc_status()["VmRSS"]
     rng = np.random.default_rng(seed)
     replies = []
     for node in range(1, clients + 1):
@@ -97,12 +83,12 @@ def child(rule: str, clients: int, params: int, release: bool, seed: int = 0) ->
         replies.append(Message(content=content, metadata=meta))
     gc.collect()
     return_freed_memory()  # the generator's temporaries: not the round's memory
-    with_replies = _status("VmRSS")
+    with_replies = proc_status()["VmRSS"]
     reset_peak()
     t0 = time.perf_counter()
     new, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = proc_status()["VmHWM"]
     replies_bytes = clients * params * 4
     assert new is not None
     return {"rule": rule, "release": release, "clients": clients, "params": params,

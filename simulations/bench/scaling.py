@@ -71,7 +71,8 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 # --------------------------------------------------------------------------------------------
 # Memory probes
 # --------------------------------------------------------------------------------------------
-def _status() -> dict[str, int]:
+def proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM of this process (bytes), from ``/proc/self/status``."""
     out = {}
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -111,9 +112,9 @@ def peak_rss() -> Iterator[dict[str, int]]:
     out: dict[str, int] = {}
     gc.collect()
     reset_peak()
-    before = _status()["VmRSS"]
+    before = proc_status()["VmRSS"]
     yield out
-    out["peak"] = _status()["VmHWM"] - before
+    out["peak"] = proc_status()["VmHWM"] - before
 
 
 def live_tensor_bytes() -> int:
@@ -159,14 +160,14 @@ class MemoryProbe:
             self._after_aggregate = False
             if not self._baseline:
                 gc.collect()
-                self._baseline = {"census": live_tensor_bytes(), "rss": _status()["VmRSS"]}
+                self._baseline = {"census": live_tensor_bytes(), "rss": proc_status()["VmRSS"]}
             reset_peak()
         if name != "aggregate":
             yield
             return
         held = live_tensor_bytes() - self._baseline.get("census", 0)
         yield
-        peak = _status()["VmHWM"] - self._baseline.get("rss", 0)
+        peak = proc_status()["VmHWM"] - self._baseline.get("rss", 0)
         self.records.append({"held": held, "peak": peak})
         self._after_aggregate = True
 
