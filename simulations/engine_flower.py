@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from typing import Any
 
 import torch
 
+from fedshield.server.deploy.local import free_port
 from fedshield.server.server_app import write_app
 from fedshield.simulations.engine_inline import RunResult
 from fedshield.tasks.config import RunConfig
@@ -67,12 +67,6 @@ FLOWER_ENV = {
 
 class FlowerEngineError(ValueError):
     """``flwr run`` failed, timed out, or left no results; the message says where to look."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def declared_config_keys(app_dir: Path) -> set[str]:

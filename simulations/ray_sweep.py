@@ -27,7 +27,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedshield.server.deploy.local import flwr_bin, free_port
 from fedshield.simulations.runner import THREAD_ENV, drain, run_cell_safely
 
 QUIET_ENV = {
@@ -93,18 +93,6 @@ def _drain(ray: Any, todo: list[dict[str, Any]], finish: Finish) -> None:
           lost=(ray.exceptions.RayError,))  # the worker died: a failed cell
 
 
-def ray_executable() -> str:
-    """The ``ray`` command of this Python environment."""
-    candidate = Path(sys.executable).parent / "ray"
-    return str(candidate) if candidate.exists() else "ray"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class RayHead:
     address: str  # 127.0.0.1:PORT, for --ray
@@ -119,7 +107,7 @@ def local_head(num_cpus: int = 2, *, timeout: float = 60.0) -> Iterator[RayHead]
     then SIGKILL after 20 s), so no other Ray instance on the machine is touched."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
-    command = [ray_executable(), "start", "--head", "--block", f"--port={port}",
+    command = [flwr_bin("ray"), "start", "--head", "--block", f"--port={port}",
                f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
                "--include-dashboard=false", "--disable-usage-stats",
                "--node-ip-address=127.0.0.1"]
