@@ -169,6 +169,11 @@ class Rule(Component):
     needs_reference: ClassVar[bool] = False
     robust: ClassVar[bool] = True  # claims bounded influence of f arbitrary rows
     permutation_invariant: ClassVar[bool] = True  # the result does not depend on row order
+    #: coordinate j of ``update`` depends on column j of the updates only, and ``accepted`` /
+    #: ``weights`` / ``diagnostics`` on none of the columns (only on n and the context); the
+    #: rule is stateless. A caller may then run it on column blocks and concatenate the updates
+    #: (ARC streams its clipped rows this way instead of copying the matrix).
+    coordinatewise: ClassVar[bool] = False
 
     def uses_weights(self) -> bool:
         """Whether the result depends on the client-reported sample counts (``weights``)."""

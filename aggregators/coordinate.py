@@ -77,6 +77,7 @@ class Median(Rule):
     """
 
     name: ClassVar[str] = "median"
+    coordinatewise: ClassVar[bool] = True
     parameters: ClassVar[dict[str, Param]] = dict(WEIGHTS)
     examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"weighted": True})
 
@@ -106,6 +107,7 @@ class TrimmedMean(Rule):
     """
 
     name: ClassVar[str] = "trimmedmean"
+    coordinatewise: ClassVar[bool] = True
     parameters: ClassVar[dict[str, Param]] = {
         "f": Param(None, non_negative_int),
         "beta": Param(None, interval(0.0, 0.5, closed_hi=False)),

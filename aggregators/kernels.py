@@ -81,6 +81,11 @@ def mean_rows(mixing: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def sort_block_columns(n: int) -> int:
+    """Columns per block of :func:`coordinatewise` for n rows (a (c, n) block fits in L2)."""
+    return max(256, _SORT_BLOCK_VALUES // n)
+
+
 def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndarray], *,
                    rule: str = "aggregation", rows: Sequence[int] | None = None) -> torch.Tensor:
     """Apply ``reduce`` to every coordinate's n values, sorted ascending; return (d,).
@@ -98,7 +103,7 @@ def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndar
     index = np.asarray(sorted(rows), dtype=np.intp) if rows is not None else None
     n = len(index) if index is not None else x.shape[0]
     d = x.shape[1]
-    c = max(256, _SORT_BLOCK_VALUES // n)
+    c = sort_block_columns(n)
     buf = np.empty((min(c, d), n), dtype=x.dtype)
     out = np.empty(d, dtype=x.dtype)
     for s in range(0, d, c):
@@ -121,7 +126,7 @@ def weighted_coordinatewise(updates: torch.Tensor, shares: torch.Tensor,
     x = updates.numpy()
     w = shares.double().numpy()
     n, d = x.shape
-    c = max(256, _SORT_BLOCK_VALUES // n)
+    c = sort_block_columns(n)
     out = np.empty(d, dtype=x.dtype)
     for s in range(0, d, c):
         e = min(d, s + c)

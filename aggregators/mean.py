@@ -30,6 +30,7 @@ class FedAvg(Rule):
 
     name: ClassVar[str] = "fedavg"
     robust: ClassVar[bool] = False
+    coordinatewise: ClassVar[bool] = True
     parameters: ClassVar[dict[str, Param]] = {
         "weighted": Param(False, boolean),
         "max_weight_ratio": Param(10.0, ratio),

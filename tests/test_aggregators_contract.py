@@ -153,6 +153,35 @@ def test_permutation_invariance(case):
         assert torch.equal(a.accepted[perm], b.accepted)
 
 
+COORDINATEWISE = [c for c in CASES if aggregators.rule_class(c[0]).coordinatewise]
+
+
+def test_the_coordinate_wise_rules_are_declared():
+    assert {name for name, _ in COORDINATEWISE} == {"fedavg", "median", "trimmedmean"}
+
+
+@pytest.mark.parametrize("case", COORDINATEWISE, ids=[example_id(c) for c in COORDINATEWISE])
+def test_a_coordinate_wise_rule_on_column_blocks_is_the_rule_on_the_matrix(case):
+    """What a caller that streams column blocks relies on (ARC): the blocks' updates concatenate
+    to the whole update; accepted / weights / diagnostics do not depend on the columns."""
+    name, params = case
+    rule = create(name, **params)
+    assert not rule.stateful
+    n = size(rule, 11)
+    x = honest_rows(n, d=1000, seed=5)
+    x[:2] *= 1e4
+    ctx = rule_context(rule, x)
+    whole = rule(x, **ctx)
+    parts = [rule(x[:, s:e], **ctx) for s, e in ((0, 1), (1, 333), (333, 1000))]
+    torch.testing.assert_close(torch.cat([p.update for p in parts]), whole.update,
+                               rtol=1e-6, atol=0)
+    for part in parts:
+        for key in ("accepted", "weights"):
+            a, b = getattr(part, key), getattr(whole, key)
+            assert (a is None and b is None) or torch.equal(a, b)
+        assert part.diagnostics == whole.diagnostics
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_round_trips_as_plain_data(case):
     name, params = case
