@@ -91,7 +91,10 @@ class FoolsGold(Rule):
         return ids
 
     def _accumulate(self, ids: list[Hashable], updates: torch.Tensor) -> torch.Tensor:
-        """H_i += Δ_i for the clients of this round (new clients start at 0); return their H."""
+        """H_i += Δ_i for the clients of this round (new clients start at 0); return their H,
+        in the round's row order. Memory: the histories themselves plus, only when the round's
+        clients are not the newest block of rows in order, a gathered copy of theirs; the
+        float32 rows are added one at a time (no float64 copy of the updates)."""
         d = updates.shape[1]
         if self._history is None:  # float64: sums of updates near float32's maximum stay finite
             self._history = torch.zeros(0, d, dtype=torch.float64)
@@ -102,13 +105,19 @@ class FoolsGold(Rule):
             )
         new = [cid for cid in ids if cid not in self._row]
         if new:
-            base = len(self._row)
-            self._row.update({cid: base + k for k, cid in enumerate(new)})
-            grown = torch.zeros(len(new), d, dtype=self._history.dtype)
-            self._history = torch.cat([self._history, grown])
-        rows = torch.tensor([self._row[cid] for cid in ids], dtype=torch.int64)
-        self._history.index_add_(0, rows, updates.to(self._history.dtype))
-        return self._history.index_select(0, rows)
+            known = len(self._row)
+            self._row.update({cid: known + k for k, cid in enumerate(new)})
+            grown = torch.empty(known + len(new), d, dtype=self._history.dtype)
+            grown[:known] = self._history
+            grown[known:] = 0.0
+            self._history = grown
+        rows = [self._row[cid] for cid in ids]
+        for i, row in enumerate(rows):
+            self._history[row] += updates[i]
+        first = rows[0]
+        if rows == list(range(first, first + len(rows))):
+            return self._history[first:first + len(rows)]  # a view
+        return self._history.index_select(0, torch.tensor(rows, dtype=torch.int64))
 
     def aggregate(self, updates: torch.Tensor, ctx: Context) -> Aggregation:
         ids = self._ids(updates.shape[0], ctx.client_ids)

@@ -14,8 +14,8 @@ matrix) and releasing each reply's decoded arrays as soon as its row is written 
 Target: <= 1.15 for every rule that can stream.
 
 Linux only (``/proc``). A child needs the replies' size times its "keep replies" figure of free
-memory (2–5× for most rules; FoolsGold's float64 history needs more than 24 GB at the default
-size and is killed by the kernel, reported as an error row).
+memory (2–4× for most rules, 4.1× for FoolsGold, whose float64 per-client history is 2× the
+replies by design; a child killed by the kernel is reported as an error row).
 """
 
 from __future__ import annotations
