@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fedshield.aggregators import Aggregation, AggregatorError, Rule
+from fedshield.aggregators.kernels import kernel_device
 
 
 @dataclass
@@ -40,9 +41,11 @@ def robust_step(
     weights: torch.Tensor | None = None,
     client_ids: list[Any] | None = None,
     gram: torch.Tensor | None = None,
+    device: torch.device | None = None,
 ) -> StepResult:
     """θ_{t+1} = θ_t + server_lr · rule(updates, context); raises AggregatorError on bad input
-    (shape mismatch, too few clients for the rule, a non-finite aggregate)."""
+    (shape mismatch, too few clients for the rule, a non-finite aggregate). ``device``: where the
+    rule's sorts and Gram products run (``aggregators.kernels.kernel_device``; None: the CPU)."""
     if updates.ndim != 2 or updates.shape[1] != global_vec.numel():
         raise AggregatorError(
             f"updates must have shape (n, {global_vec.numel()}), got {tuple(updates.shape)}"
@@ -67,7 +70,8 @@ def robust_step(
     elif rule.needs_reference:
         raise AggregatorError(f"rule {rule.name!r} needs a server reference update")
     start = time.perf_counter()
-    agg = rule(updates, **context)
+    with kernel_device(device):
+        agg = rule(updates, **context)
     seconds = time.perf_counter() - start
     update = agg.update.to(torch.float32).reshape(-1)
     if update.numel() != global_vec.numel() or not bool(torch.isfinite(update).all()):

@@ -280,7 +280,9 @@ class RoundCore:
                   inline engine, which keeps no ledger, turns them off (None in its records);
     fake_clients: simulation-only: clients the attacker *adds* to every round (MPAF), rows
                   appended for the adversary stage to write, with ids ``fake_first_id`` … (a
-                  round can turn them off: ``run(..., fake_clients=0)``).
+                  round can turn them off: ``run(..., fake_clients=0)``);
+    device:       where the rule's sorts and Gram products run (``tasks.device.
+                  aggregation_device`` of the run key ``device``; None: the CPU).
     """
 
     def __init__(self, rule: Rule, *, server_lr: float = 1.0,
@@ -288,7 +290,7 @@ class RoundCore:
                  max_num_examples: float | None = None,
                  num_examples_cap_factor: float | None = 10.0,
                  hooks: Hooks | None = None, hashes: bool = True, fake_clients: int = 0,
-                 fake_first_id: int = FAKE_FIRST_ID) -> None:
+                 fake_first_id: int = FAKE_FIRST_ID, device: torch.device | None = None) -> None:
         if fake_clients < 0 or (fake_clients and adversary is None):
             raise ValueError("fake_clients must be >= 0, and needs an adversary to write them")
         self.fake_clients = fake_clients
@@ -301,6 +303,7 @@ class RoundCore:
         self.num_examples_cap_factor = num_examples_cap_factor
         self.hooks: Hooks = hooks or NoHooks()
         self.hashes = hashes
+        self.device = device
 
     def run(self, rnd: int, global_vec: torch.Tensor, updates: torch.Tensor,
             rows: Sequence[ClientRow], *, replies: int | None = None,
@@ -342,7 +345,7 @@ class RoundCore:
                     step = robust_step(
                         global_vec, updates, self.rule, server_lr=self.server_lr,
                         reference=reference, weights=torch.tensor(counts, dtype=torch.float64),
-                        client_ids=[r.client_id for r in rows])
+                        client_ids=[r.client_id for r in rows], device=self.device)
                 new_vec, agg, seconds = step.new_vec, step.aggregation, step.seconds
             except Exception as exc:  # a rule must never take the server down: skip the round
                 skip = f"aggregation failed: {type(exc).__name__}: {exc}; global model kept"

@@ -80,6 +80,7 @@ from fedshield.server.reference import reference_update
 from fedshield.server.round import require_round_size
 from fedshield.server.strategy import RobustStrategy
 from fedshield.tasks.config import FOLLOW_FEDERATION, ConfigError, RunConfig
+from fedshield.tasks.device import aggregation_device
 from fedshield.tasks.params import arrayrecord_to_vector, to_arrayrecord
 from fedshield.tasks.task import get_task
 
@@ -240,7 +241,7 @@ def run_server(grid: Grid, cfg: RunConfig, *, resume: bool = False, restart: boo
         sample_seed=cfg.seed,
         fraction_train=per_round / cfg.num_clients, min_train_nodes=per_round,
         min_available_nodes=cfg.num_clients, fraction_evaluate=0.0,
-        node_wait_timeout=NODE_WAIT_SECONDS,
+        node_wait_timeout=NODE_WAIT_SECONDS, device=aggregation_device(cfg.device),
     )
     start_vec, done = task.initial_vector().clone(), 0
     if files.ledger is not None and resume and files.ledger.rows:

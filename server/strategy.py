@@ -109,6 +109,8 @@ class RobustStrategy(FedAvg):
         of the (n, d) update matrix, so the server never holds a round's updates twice
         (``fedshield bench memory``); False keeps the replies whole (a caller that reads them
         after ``aggregate_train``).
+    device:      where the rule's sorts and Gram products run, e.g. ``torch.device("cuda")``
+        (``tasks.device.aggregation_device``); None (default) keeps aggregation on the CPU.
     Other keyword arguments go to ``FedAvg`` (fraction_train, min_available_nodes, ...).
     """
 
@@ -139,6 +141,7 @@ class RobustStrategy(FedAvg):
         integer_buffers: str = "median",
         release_replies: bool = True,
         buffer_keys: Callable[[str], bool] | None = None,
+        device: torch.device | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
@@ -178,7 +181,7 @@ class RobustStrategy(FedAvg):
         self.core = RoundCore(aggregator, server_lr=server_lr, reference_fn=reference_fn,
                               adversary=adversary, max_num_examples=max_num_examples,
                               num_examples_cap_factor=num_examples_cap_factor,
-                              fake_clients=fake_clients)
+                              fake_clients=fake_clients, device=device)
         self.ledger = ledger
         self.checkpoints = checkpoints
         self.rows = rows

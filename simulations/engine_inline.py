@@ -152,6 +152,7 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
     from fedshield.clients.attacks.adversary import adversary_stage
     from fedshield.server.evaluation import GlobalEvaluator
     from fedshield.server.round import NoHooks, RoundCore, require_round_size
+    from fedshield.tasks.device import aggregation_device
     from fedshield.tasks.task import get_task
 
     start = time.perf_counter()
@@ -166,7 +167,7 @@ def run_inline(cfg: RunConfig, *, on_round: Callable[[dict[str, Any]], None] | N
         rule, server_lr=cfg.server_lr, adversary=adversary_stage(attack, rule, cfg.seed),
         reference_fn=(lambda rnd, g: server_reference(task, g, rnd, cfg))
         if rule.needs_reference else None, hooks=hooks, hashes=False, fake_clients=fakes,
-        fake_first_id=cfg.num_clients)
+        fake_first_id=cfg.num_clients, device=aggregation_device(cfg.device))
     evaluator = GlobalEvaluator(task, attack if malicious else None)
     planter = _indicator(rule, task, cfg)
     data_attack = attack if attack is not None and attack.kind == "data" else None

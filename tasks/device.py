@@ -1,19 +1,22 @@
-"""Where training and evaluation run: the run key ``device``.
+"""Where training, evaluation and the heavy part of aggregation run: the run key ``device``.
 
 ``"auto"`` is CUDA's first device when ``torch.cuda.is_available()``, else the CPU; ``"cpu"``,
 ``"cuda"``, ``"cuda:N"`` and ``"mps"`` name a device explicitly (an unavailable one is refused
-with the reason). Models and the batches they see live on the device; the project's flat
-parameter vectors, update matrices and aggregation stay on the CPU (``tasks.params.flatten``
-returns a CPU vector), so on the CPU nothing moves and results are identical to a run without the
-setting. Two components keep their own small models on the CPU whatever the device: A3FL's
-trigger search and the indicator detector's planting.
+with the reason). Models and the batches they see live on the device. The project's flat
+parameter vectors and update matrices stay in host memory (``tasks.params.flatten`` returns a CPU
+vector); the aggregation rules' superlinear kernels — the coordinate-wise sorts and the pairwise
+Gram products — stream their column blocks to the device (:func:`aggregation_device`,
+``aggregators.kernels.kernel_device``). On the CPU nothing moves and results are identical to a
+run without the setting. Two components keep their own small models on the CPU whatever the
+device: A3FL's trigger search and the indicator detector's planting.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["CPU", "DEVICE_KINDS", "DeviceError", "check_device_spec", "resolve_device"]
+__all__ = ["CPU", "DEVICE_KINDS", "DeviceError", "aggregation_device", "check_device_spec",
+           "resolve_device"]
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 CPU = torch.device("cpu")
@@ -52,3 +55,10 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"device {spec!r}: torch.backends.mps.is_available() is False")
     return device
+
+
+def aggregation_device(spec: str) -> torch.device | None:
+    """Where the rules' sorts and Gram products run for ``spec``: the resolved device, or None
+    for the CPU (numpy's sort, the fastest there)."""
+    device = resolve_device(spec)
+    return None if device.type == "cpu" else device

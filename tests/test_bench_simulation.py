@@ -147,3 +147,6 @@ def test_gpu_bench_prints_no_gpu_without_one(capsys):
     assert bs.main(["--gpu", "--quick", "--clients", "4", "--rounds", "2"]) == 0
     text = capsys.readouterr().out
     assert "| round median ms |" in text and "no GPU" in text
+    for rule in bs.DEVICE_RULES:  # the aggregation table: the CPU path timed, no GPU column
+        cells = text.split(f"\n| {rule} | ")[1].split("\n")[0].split(" | ")
+        assert float(cells[0]) > 0 and cells[1] == "no GPU"

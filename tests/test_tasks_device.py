@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import example_id, rule_examples
 
 from fedshield.simulations.engine_flower import federation_config
 from fedshield.simulations.scenario import cell_id
@@ -104,3 +105,89 @@ def test_device_cpu_and_auto_give_the_same_run_here():
     b = run_inline(cfg.with_updates(device="auto"))
     assert torch.equal(a.final_vector, b.final_vector)
     assert [r["accuracy"] for r in a.rounds] == [r["accuracy"] for r in b.rounds]
+
+
+# --- aggregation on the device ------------------------------------------------------------------
+def _kernel_transfers(monkeypatch) -> list[tuple[tuple[int, ...], torch.device]]:
+    """Spy on the kernels' one transfer per column block; returns the list it fills."""
+    from fedshield.aggregators import kernels
+
+    moved: list[tuple[tuple[int, ...], torch.device]] = []
+    real = kernels.to_kernel_device
+
+    def spy(block, device):
+        moved.append((tuple(block.shape), device))
+        return real(block, device)
+
+    monkeypatch.setattr(kernels, "to_kernel_device", spy)
+    return moved
+
+
+def test_aggregation_runs_on_the_cpu_path_unless_a_device_is_there(monkeypatch):
+    from fedshield.tasks.device import aggregation_device
+
+    _fake_gpus(monkeypatch, 0)
+    assert aggregation_device("auto") is None and aggregation_device("cpu") is None
+    _fake_gpus(monkeypatch, 2)
+    assert aggregation_device("auto") == torch.device("cuda", 0)
+    assert aggregation_device("cuda:1") == torch.device("cuda", 1)
+    assert aggregation_device("cpu") is None
+
+
+@pytest.mark.parametrize("case", rule_examples(), ids=[example_id(c) for c in rule_examples()])
+def test_every_rule_gives_the_same_round_with_its_kernels_on_a_device(case, monkeypatch):
+    """The device path (forced onto the CPU here, the only device this machine has) runs the
+    same rule: sorts are permutations, so every value is the CPU path's bit for bit; the Gram
+    products are the same block GEMMs. The rules that sort or take distances send their column
+    blocks to the device; the linear ones (mean, norms, clipping) never do."""
+    from fedshield.aggregators import create
+    from fedshield.aggregators.kernels import kernel_device
+
+    name, params = case
+    gen = torch.Generator().manual_seed(4)
+    n = max(create(name, **params).min_clients(), 11)
+    x = torch.randn(n, 3000, generator=gen)
+    x[:2] *= 40.0
+    ctx = {"weights": torch.rand(n, generator=gen, dtype=torch.float64) * 10,
+           "client_ids": list(range(n))}
+    cpu, on_device = create(name, **params), create(name, **params)
+    if cpu.needs_reference:
+        ctx["reference"] = x[2:].mean(dim=0)
+    expected = cpu(x, **ctx)
+    moved = _kernel_transfers(monkeypatch)
+    with kernel_device("cpu"):
+        got = on_device(x, **ctx)
+    assert torch.equal(got.update, expected.update)
+    for key in ("accepted", "weights", "flagged"):
+        a, b = getattr(got, key), getattr(expected, key)
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert {device for _, device in moved} <= {torch.device("cpu")}
+    heavy = {"median", "trimmedmean", "krum", "multikrum", "bulyan", "geomed", "nnm", "flame",
+             "foolsgold", "arc", "bucketing"}
+    if name in heavy and not (name == "arc" and params.get("inner") == "fedavg"):
+        assert moved, f"{name} {params} sent nothing to the device"
+    if name in ("fedavg", "normclip", "centeredclip"):
+        assert not moved
+
+
+def test_both_engines_hand_the_run_device_to_the_aggregation(monkeypatch):
+    """Pretending the CPU is the accelerator: the inline engine's rounds and a Flower
+    strategy's round send the rule's blocks to it, and the run is the CPU path's."""
+    from helpers_flower import global_record, reply
+
+    from fedshield.server.strategy import RobustStrategy
+    from fedshield.simulations.engine_inline import run_inline
+    from fedshield.tasks import device as device_module
+
+    cfg = RunConfig(dataset="digits", model="mlp", num_clients=6, rounds=2, aggregator="median",
+                    device="cpu")
+    plain = run_inline(cfg)
+    monkeypatch.setattr(device_module, "aggregation_device", lambda spec: torch.device("cpu"))
+    moved = _kernel_transfers(monkeypatch)
+    offloaded = run_inline(cfg)
+    assert moved and torch.equal(plain.final_vector, offloaded.final_vector)
+    moved.clear()
+    strategy = RobustStrategy("krum", {"f": 1}, device=torch.device("cpu"))
+    strategy.begin_round(global_record(), sent_nodes=None)
+    new, _ = strategy.aggregate_train(1, [reply(k, float(k)) for k in range(1, 6)])
+    assert new is not None and moved

@@ -530,6 +530,40 @@ def gpu_table(cpu: EngineMeasurement, gpu: EngineMeasurement | None) -> str:
     return table(["inline engine", "cpu", "cuda"], rows)
 
 
+# The rules whose sorts or Gram products go to the device, at the size where a server feels them.
+DEVICE_RULES = ("median", "trimmedmean", "krum", "bulyan", "flame")
+DEVICE_SIZE = (100, 1_000_000)
+QUICK_DEVICE_SIZE = (20, 10_000)
+
+
+def aggregation_seconds(device: Any, size: tuple[int, int] = DEVICE_SIZE,
+                        repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one call of each of :data:`DEVICE_RULES` on the same (n, d) matrix
+    with its kernels on ``device`` (None: the CPU path), after one warm-up call."""
+    import torch
+
+    from fedshield import aggregators
+    from fedshield.aggregators.kernels import kernel_device
+
+    n, d = size
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    times = {}
+    for name in DEVICE_RULES:
+        rule = aggregators.create(name, **rule_params_for(name, n))
+        with kernel_device(device):
+            rule(x)
+            times[name] = statistics.median(_seconds(lambda r=rule: r(x)) for _ in range(repeats))
+    return times
+
+
+def aggregation_device_table(cpu: dict[str, float], gpu: dict[str, float] | None,
+                             size: tuple[int, int] = DEVICE_SIZE) -> str:
+    rows = [(name, cpu[name] * 1e3, "no GPU" if gpu is None else gpu[name] * 1e3,
+             "–" if gpu is None else cpu[name] / gpu[name]) for name in DEVICE_RULES]
+    n, d = size
+    return table([f"rule call, n = {n}, d = {d}", "cpu ms", "cuda ms", "cpu / cuda"], rows)
+
+
 def gpu_main(args: argparse.Namespace) -> int:
     import torch
 
@@ -549,6 +583,12 @@ def gpu_main(args: argparse.Namespace) -> int:
     print(gpu_table(cpu, gpu))
     if gpu is not None:
         print(f"\ncpu / cuda round time: {cpu.round_median / gpu.round_median:.2f}x")
+    size = QUICK_DEVICE_SIZE if args.quick else DEVICE_SIZE
+    print()
+    print(aggregation_device_table(
+        aggregation_seconds(None, size, args.repeats),
+        aggregation_seconds(torch.device("cuda"), size, args.repeats) if has_gpu else None,
+        size))
     return 0
 
 
@@ -713,10 +753,12 @@ def build_parser(prog: str = "fedshield bench simulation") -> argparse.ArgumentP
     parser.add_argument("--cnn", action="store_true",
                         help="the fltrust-mnist CNN round's client step: the fresh-model "
                         "baseline vs the current one, and the compute floor")
-    parser.add_argument("--repeats", type=int, default=5, help="--cnn: timed repeats of each")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="--cnn, --gpu: timed repeats of each")
     parser.add_argument("--gpu", action="store_true",
-                        help="the inline engine on device=cpu and device=cuda, same scenario "
-                        "(the GPU column says 'no GPU' without one)")
+                        help="the inline engine on device=cpu and device=cuda, same scenario, "
+                        "then the heavy rules' calls with their kernels on each (the GPU column "
+                        "says 'no GPU' without one)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     return parser
 
