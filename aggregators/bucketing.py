@@ -34,7 +34,7 @@ from fedshield.aggregators.base import (
     inner_context,
     register,
 )
-from fedshield.aggregators.kernels import mean_rows
+from fedshield.aggregators.kernels import inner_on_columns, mean_rows
 from fedshield.aggregators.validation import non_negative_int, positive_int
 
 
@@ -82,12 +82,12 @@ class Bucketing(PreAggregator):
         sizes = torch.bincount(bucket_of, minlength=buckets).to(torch.float64)
         membership = torch.zeros(buckets, n, dtype=torch.float64)
         membership[bucket_of, torch.arange(n)] = 1.0
-        means = mean_rows(membership / sizes[:, None], updates)
+        mixing = membership / sizes[:, None]
         ctx = inner_context(context)
         if context.weights is not None:
             ctx["weights"] = torch.zeros(buckets, dtype=torch.float64).index_add_(
                 0, bucket_of, context.weights)
-        result = self._inner(means, **ctx)
+        result = inner_on_columns(self._inner, updates, lambda x: mean_rows(mixing, x), ctx)
         accepted = None if result.accepted is None else result.accepted.bool()[bucket_of]
         weights = None
         if result.weights is not None:

@@ -16,14 +16,11 @@ from fedshield.aggregators.base import (
     Rule,
     register,
 )
-from fedshield.aggregators.kernels import row_norms, sort_block_columns, weighted_sum
+from fedshield.aggregators.kernels import inner_on_columns, row_norms, weighted_sum
 from fedshield.aggregators.validation import non_negative_int, positive, positive_int
 
 # Column block for the exact residual norms ‖x_i − v‖ (n·c float32 ≈ 4 MiB, stays in cache).
 _BLOCK_VALUES = 1 << 20
-# Sort blocks per column block of a coordinate-wise rule run on clipped rows (≈ 16 MiB of
-# float32): whole sort blocks, so the rule's blocks and sums are those of one call on the matrix.
-_SORT_BLOCKS_PER_STREAM_BLOCK = 16
 
 
 def clip_factors(norms: torch.Tensor, tau: float) -> torch.Tensor:
@@ -187,31 +184,12 @@ class ARC(PreAggregator):
             rows, scales = order[:k][factors < 1], factors[factors < 1].to(x.dtype)[:, None]
         context = {key: getattr(ctx, key) for key in ("reference", "weights", "client_ids")
                    if getattr(ctx, key) is not None}
-        if not rows.numel():
-            result = self._inner(x, **context)
-        elif self._inner.coordinatewise:
-            result = by_column_blocks(self._inner, x, rows, scales, context)
-        else:  # a copy with the clipped rows scaled; the input is not changed
-            clipped = x.clone()
-            clipped[rows] *= scales
-            result = self._inner(clipped, **context)
+        def clip(block: torch.Tensor) -> torch.Tensor:  # a copy; the input is not changed
+            block = block.clone()
+            block[rows] *= scales
+            return block
+
+        result = inner_on_columns(self._inner, x, clip if rows.numel() else None, context)
         return Aggregation(update=result.update, accepted=result.accepted, weights=result.weights,
                            diagnostics={"clipped": k, "clip_level": level,
                                         "inner": result.diagnostics})
-
-
-def by_column_blocks(inner: Rule, x: torch.Tensor, rows: torch.Tensor, scales: torch.Tensor,
-                     context: dict[str, Any]) -> Aggregation:
-    """A coordinate-wise ``inner`` rule on x with ``rows`` scaled by ``scales``, one column block
-    at a time: the extra memory is one scaled (n, c) block, not a scaled copy of x, and the
-    values are the copy's, bit for bit (the same product per entry, the same rule per column)."""
-    n, d = x.shape
-    c = _SORT_BLOCKS_PER_STREAM_BLOCK * sort_block_columns(n)
-    update = torch.empty(d, dtype=x.dtype)
-    for s in range(0, d, c):
-        block = x[:, s:s + c].clone()
-        block[rows] *= scales
-        result = inner(block, **context)
-        update[s:s + c] = result.update
-    return Aggregation(update=update, accepted=result.accepted, weights=result.weights,
-                       diagnostics=result.diagnostics)

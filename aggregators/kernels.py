@@ -117,6 +117,34 @@ def sort_block_columns(n: int) -> int:
     return max(256, _SORT_BLOCK_VALUES // n)
 
 
+# Sort blocks per column block of a coordinate-wise rule streamed by a pre-aggregator (≈ 16 MiB
+# of float32): whole sort blocks, so the rule's blocks and sums are those of one call on the matrix.
+_SORT_BLOCKS_PER_STREAM_BLOCK = 16
+
+
+def inner_on_columns(inner: Any, x: torch.Tensor,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None,
+                     context: dict[str, Any]) -> Any:
+    """``inner(transform(x), **context)`` for a ``transform`` that maps each column block of x on
+    its own — ARC's row scaling, bucketing's and NNM's row mixing — without building
+    ``transform(x)`` whole when the inner rule is coordinate-wise (``Rule.coordinatewise``): the
+    rule then runs on one transformed (k, c) block at a time, and the peak extra memory is one
+    block instead of a (k, d) matrix. ``transform=None`` is the identity (no copy at all)."""
+    if transform is None:
+        return inner(x, **context)
+    if not inner.coordinatewise:
+        return inner(transform(x), **context)
+    d = x.shape[1]
+    k = transform(x[:, :1]).shape[0]  # the inner rule's row count fixes the block width
+    c = _SORT_BLOCKS_PER_STREAM_BLOCK * sort_block_columns(k)
+    update = torch.empty(d, dtype=x.dtype)
+    for s in range(0, d, c):
+        result = inner(transform(x[:, s:s + c]), **context)
+        update[s:s + c] = result.update
+    result.update = update
+    return result
+
+
 def coordinatewise(updates: torch.Tensor, reduce: Callable[[np.ndarray], np.ndarray], *,
                    rule: str = "aggregation", rows: Sequence[int] | None = None) -> torch.Tensor:
     """Apply ``reduce`` to every coordinate's n values, sorted ascending; return (d,).

@@ -33,7 +33,7 @@ from fedshield.aggregators.base import (
     inner_context,
     register,
 )
-from fedshield.aggregators.kernels import mean_rows, resolve_distances
+from fedshield.aggregators.kernels import inner_on_columns, mean_rows, resolve_distances
 from fedshield.aggregators.validation import non_negative_int
 
 
@@ -77,9 +77,8 @@ class NNM(PreAggregator):
     def aggregate(self, updates: torch.Tensor, context: Context) -> Aggregation:
         n = updates.shape[0]
         mixing = mixing_matrix(resolve_distances("nnm", updates, context.gram), n - self.f)
-        mixed = mean_rows(mixing, updates)
-        ctx = inner_context(context)
-        result = self._inner(mixed, **ctx)
+        result = inner_on_columns(self._inner, updates, lambda x: mean_rows(mixing, x),
+                                  inner_context(context))
         weights = None
         accepted = None
         if result.weights is not None:

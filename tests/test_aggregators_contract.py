@@ -182,6 +182,52 @@ def test_a_coordinate_wise_rule_on_column_blocks_is_the_rule_on_the_matrix(case)
         assert part.diagnostics == whole.diagnostics
 
 
+STREAMED = [(pre, extra, inner, inner_params)
+            for pre, extra in (("arc", {"f": 2}), ("bucketing", {"s": 2}), ("nnm", {"f": 2}))
+            for inner, inner_params in (("median", None), ("median", {"weighted": True}),
+                                        ("trimmedmean", {"f": 1}), ("fedavg", None))
+            if not (pre == "nnm" and inner_params == {"weighted": True})]  # NNM drops weights
+
+
+@pytest.mark.parametrize(("pre", "extra", "inner", "inner_params"), STREAMED,
+                         ids=[f"{p}-{i}-{ip}" for p, _, i, ip in STREAMED])
+def test_a_pre_aggregator_streams_a_coordinate_wise_inner_rule_to_the_same_result(
+        pre, extra, inner, inner_params):
+    """ARC, bucketing and NNM hand a coordinate-wise inner rule one transformed column block at
+    a time (kernels.inner_on_columns); the result is the whole transformed matrix's, bit for bit,
+    on a matrix of several blocks ending in a partial one."""
+    from fedshield.aggregators import kernels
+
+    n = 16
+    d = kernels._SORT_BLOCKS_PER_STREAM_BLOCK * kernels.sort_block_columns(n // 2) * 2 + 777
+    x = honest_rows(n, d=d, seed=8)
+    x[:2] *= torch.tensor([80.0, 1e5])[:, None]
+    ctx = {"weights": torch.arange(1.0, n + 1, dtype=torch.float64),
+           "client_ids": list(range(n))}
+    params = {**extra, "inner": inner, "inner_params": inner_params}
+
+    def counted(rule):
+        calls = []
+        real = rule._inner.aggregate
+        rule._inner.aggregate = lambda m, c: calls.append(m.shape) or real(m, c)
+        return rule, calls
+
+    streamed_rule, streamed_calls = counted(create(pre, **params))
+    streamed = streamed_rule(x, **ctx)
+    whole_rule, whole_calls = counted(create(pre, **params))
+    whole_rule._inner.coordinatewise = False  # the same call without streaming
+    whole = whole_rule(x, **ctx)
+    rows = n // 2 if pre == "bucketing" else n  # the inner rule's input: bucket means or rows
+    width = kernels._SORT_BLOCKS_PER_STREAM_BLOCK * kernels.sort_block_columns(rows)
+    assert [shape[1] for shape in streamed_calls] == [width] * (d // width) + [d % width]
+    assert len(whole_calls) == 1 and whole_calls[0][1] == d
+    assert torch.equal(streamed.update, whole.update)
+    for key in ("accepted", "weights"):
+        a, b = getattr(streamed, key), getattr(whole, key)
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert streamed.diagnostics == whole.diagnostics
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_round_trips_as_plain_data(case):
     name, params = case
