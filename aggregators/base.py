@@ -172,7 +172,7 @@ class Rule(Component):
     #: coordinate j of ``update`` depends on column j of the updates only, and ``accepted`` /
     #: ``weights`` / ``diagnostics`` on none of the columns (only on n and the context); the
     #: rule is stateless. A caller may then run it on column blocks and concatenate the updates
-    #: (ARC streams its clipped rows this way instead of copying the matrix).
+    #: (ARC, bucketing and NNM stream their transformed rows so: ``kernels.inner_on_columns``).
     coordinatewise: ClassVar[bool] = False
 
     def uses_weights(self) -> bool:

@@ -52,6 +52,9 @@ class Bucketing(PreAggregator):
         Parameters of ``inner`` when it is given by name.
     seed : int
         Seed of the permutation.
+
+    A coordinate-wise inner rule (median, trimmed mean, mean) gets the bucket means one column
+    block at a time, so the (⌈n/s⌉, d) matrix of means is never built whole.
     """
 
     name: ClassVar[str] = "bucketing"

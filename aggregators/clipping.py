@@ -184,6 +184,7 @@ class ARC(PreAggregator):
             rows, scales = order[:k][factors < 1], factors[factors < 1].to(x.dtype)[:, None]
         context = {key: getattr(ctx, key) for key in ("reference", "weights", "client_ids")
                    if getattr(ctx, key) is not None}
+
         def clip(block: torch.Tensor) -> torch.Tensor:  # a copy; the input is not changed
             block = block.clone()
             block[rows] *= scales

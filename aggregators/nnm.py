@@ -60,6 +60,9 @@ class NNM(PreAggregator):
         The rule applied to the mixed vectors.
     inner_params : dict, optional
         Parameters of ``inner`` when it is given by name.
+
+    A coordinate-wise inner rule (median, trimmed mean, mean) gets the mixed vectors one column
+    block at a time, so the (n, d) matrix of mixed vectors is never built whole.
     """
 
     name: ClassVar[str] = "nnm"
