@@ -44,6 +44,7 @@ from fedshield.aggregators.base import (
     check_updates,
     register,
 )
+from fedshield.aggregators.kernels import inner_on_columns
 
 
 @dataclass
@@ -189,8 +190,9 @@ class Detect(PreAggregator):
                 f"{x.shape[0]} updates; the {rows.numel()} left are fewer than "
                 f"{self._inner.name} needs ({self._inner.min_clients()}): round refused")
         everyone = rows.numel() == x.shape[0]  # nothing flagged: no (n, d) copy
-        result = self._inner(x if everyone else x.index_select(0, rows),
-                             **_context(ctx, None if everyone else rows))
+        result = inner_on_columns(  # a coordinate-wise inner rule: kept rows block by block
+            self._inner, x, None if everyone else (lambda block: block.index_select(0, rows)),
+            _context(ctx, None if everyone else rows))
         self._detector.observe(result.update)
         n = x.shape[0]
         accepted = kept.clone()

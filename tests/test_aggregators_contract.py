@@ -183,7 +183,8 @@ def test_a_coordinate_wise_rule_on_column_blocks_is_the_rule_on_the_matrix(case)
 
 
 STREAMED = [(pre, extra, inner, inner_params)
-            for pre, extra in (("arc", {"f": 2}), ("bucketing", {"s": 2}), ("nnm", {"f": 2}))
+            for pre, extra in (("arc", {"f": 2}), ("bucketing", {"s": 2}), ("nnm", {"f": 2}),
+                               ("detect", {"detector": "dnc", "detector_params": {"f": 2}}))
             for inner, inner_params in (("median", None), ("median", {"weighted": True}),
                                         ("trimmedmean", {"f": 1}), ("fedavg", None))
             if not (pre == "nnm" and inner_params == {"weighted": True})]  # NNM drops weights
@@ -193,9 +194,9 @@ STREAMED = [(pre, extra, inner, inner_params)
                          ids=[f"{p}-{i}-{ip}" for p, _, i, ip in STREAMED])
 def test_a_pre_aggregator_streams_a_coordinate_wise_inner_rule_to_the_same_result(
         pre, extra, inner, inner_params):
-    """ARC, bucketing and NNM hand a coordinate-wise inner rule one transformed column block at
-    a time (kernels.inner_on_columns); the result is the whole transformed matrix's, bit for bit,
-    on a matrix of several blocks ending in a partial one."""
+    """ARC, bucketing, NNM and detect (with rows flagged) hand a coordinate-wise inner rule one
+    transformed column block at a time (kernels.inner_on_columns); the result is the whole
+    transformed matrix's, bit for bit, on a matrix of several blocks ending in a partial one."""
     from fedshield.aggregators import kernels
 
     n = 16
@@ -217,7 +218,8 @@ def test_a_pre_aggregator_streams_a_coordinate_wise_inner_rule_to_the_same_resul
     whole_rule, whole_calls = counted(create(pre, **params))
     whole_rule._inner.coordinatewise = False  # the same call without streaming
     whole = whole_rule(x, **ctx)
-    rows = n // 2 if pre == "bucketing" else n  # the inner rule's input: bucket means or rows
+    rows = whole_calls[0][0]  # the inner rule's input: clipped, mixed, kept rows, bucket means
+    assert rows < n if pre == "detect" else rows == (n // 2 if pre == "bucketing" else n)
     width = kernels._SORT_BLOCKS_PER_STREAM_BLOCK * kernels.sort_block_columns(rows)
     assert [shape[1] for shape in streamed_calls] == [width] * (d // width) + [d % width]
     assert len(whole_calls) == 1 and whole_calls[0][1] == d
