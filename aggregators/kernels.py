@@ -72,7 +72,10 @@ def kernel_device(device: torch.device | str | None) -> Iterator[None]:
 
 
 def to_kernel_device(block: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``block`` on the kernels' device (one transfer per column block)."""
+    """``block`` on the kernels' device (one transfer per column block); a float64 block stays
+    on the CPU for MPS, which has no float64."""
+    if device.type == "mps" and block.dtype == torch.float64:
+        return block
     return block.to(device)
 
 
