@@ -191,3 +191,12 @@ def test_both_engines_hand_the_run_device_to_the_aggregation(monkeypatch):
     strategy.begin_round(global_record(), sent_nodes=None)
     new, _ = strategy.aggregate_train(1, [reply(k, float(k)) for k in range(1, 6)])
     assert new is not None and moved
+
+
+def test_a_kernel_block_moves_to_the_device_except_float64_to_mps():
+    from fedshield.aggregators.kernels import to_kernel_device
+
+    block = torch.ones(3, 4)
+    assert to_kernel_device(block, torch.device("meta")).device.type == "meta"
+    wide = block.double()
+    assert to_kernel_device(wide, torch.device("mps")) is wide  # MPS has no float64
