@@ -135,7 +135,7 @@ def inner_on_columns(inner: Any, x: torch.Tensor,
     block instead of a (k, d) matrix. ``transform=None`` is the identity (no copy at all)."""
     if transform is None:
         return inner(x, **context)
-    if not inner.coordinatewise:
+    if not inner.coordinatewise or inner.stateful:  # state must see one call per round
         return inner(transform(x), **context)
     d = x.shape[1]
     k = transform(x[:, :1]).shape[0]  # the inner rule's row count fixes the block width
