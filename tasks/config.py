@@ -69,7 +69,8 @@ class RunConfig:
     # certification (simulations.certify): "none" | "flcert" | "crfl", and its parameters
     certify: str = "none"
     certify_params: dict[str, Any] = field(default_factory=dict)
-    # where models train and evaluate: "auto" (CUDA when available, else CPU) | "cpu" | "cuda[:N]"
+    # where models train and evaluate and the rules sort and take Gram products: "auto" (CUDA when
+    # available, else CPU) | "cpu" | "cuda[:N]" | "mps"
     device: str = "auto"
     # bookkeeping
     seed: int = 0
