@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedshield.server.deploy.local import flwr_bin, free_port
+from fedshield.server.deploy.local import flwr_bin, free_port, kill_trees
 from fedshield.simulations.runner import THREAD_ENV, drain, run_cell_safely
 
 QUIET_ENV = {
@@ -103,8 +102,8 @@ class RayHead:
 def local_head(num_cpus: int = 2, *, timeout: float = 60.0) -> Iterator[RayHead]:
     """A Ray head on this machine for the duration of the block. Started with
     ``ray start --head --block`` as the leader of a new process group, in a private temporary
-    directory; stopped by signalling that group (SIGTERM,
-    then SIGKILL after 20 s), so no other Ray instance on the machine is touched."""
+    directory; stopped by signalling that group and its descendants (SIGTERM, then SIGKILL after
+    20 s), so no other Ray instance on the machine is touched."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
     command = [flwr_bin("ray"), "start", "--head", "--block", f"--port={port}",
@@ -139,18 +138,15 @@ def _wait_for_head(head: subprocess.Popen[bytes], port: int, timeout: float, log
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM the process group led by ``process``; SIGKILL it if still alive after ``grace``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(process.pid):
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    """Stop the process tree led by ``process`` (``server.deploy.local.kill_trees``: its group
+    and every descendant, SIGTERM, then SIGKILL after ``grace``), reap it, and wait up to 5 s for
+    the group's last members to be reaped by their new parent."""
+    kill_trees([process.pid], grace=grace)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and group_alive(process.pid):
+        time.sleep(0.1)
 
 
 def group_alive(pgid: int) -> bool:
