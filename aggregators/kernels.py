@@ -311,7 +311,6 @@ class UnitRows:
         return self.updates[i] / self.divisor[i]
 
 
-
 def cosine_similarity(updates: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """(n, n) float64 cos(Δ_i, Δ_j), through the shared kernel: cos = 1 − ‖u_i − u_j‖² / 2.
 

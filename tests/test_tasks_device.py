@@ -61,15 +61,22 @@ def test_flower_gives_each_client_a_share_of_the_gpus(monkeypatch):
     assert "client-resources-num-gpus=1.0 " in federation_config(5, 2, "cuda")
 
 
-def test_every_batch_goes_to_the_models_device(monkeypatch):
+def _transfers(monkeypatch, module, name: str) -> list[tuple[tuple[int, ...], torch.device]]:
+    """Spy on ``module.name(tensor, device)``, a transfer; returns the list of (shape, device)
+    it fills."""
     moved: list[tuple[tuple[int, ...], torch.device]] = []
-    real = training.to_device
+    real = getattr(module, name)
 
     def spy(tensor, device):
         moved.append((tuple(tensor.shape), device))
         return real(tensor, device)
 
-    monkeypatch.setattr(training, "to_device", spy)
+    monkeypatch.setattr(module, name, spy)
+    return moved
+
+
+def test_every_batch_goes_to_the_models_device(monkeypatch):
+    moved = _transfers(monkeypatch, training, "to_device")
     model = build_model("mlp", (1, 4, 4), 3, seed=0)
     cpu = torch.device("cpu")
     x, y = torch.randn(20, 1, 4, 4), torch.arange(20) % 3
@@ -109,18 +116,10 @@ def test_device_cpu_and_auto_give_the_same_run_here():
 
 # --- aggregation on the device ------------------------------------------------------------------
 def _kernel_transfers(monkeypatch) -> list[tuple[tuple[int, ...], torch.device]]:
-    """Spy on the kernels' one transfer per column block; returns the list it fills."""
+    """Spy on the kernels' one transfer per column block."""
     from fedshield.aggregators import kernels
 
-    moved: list[tuple[tuple[int, ...], torch.device]] = []
-    real = kernels.to_kernel_device
-
-    def spy(block, device):
-        moved.append((tuple(block.shape), device))
-        return real(block, device)
-
-    monkeypatch.setattr(kernels, "to_kernel_device", spy)
-    return moved
+    return _transfers(monkeypatch, kernels, "to_kernel_device")
 
 
 def test_aggregation_runs_on_the_cpu_path_unless_a_device_is_there(monkeypatch):
